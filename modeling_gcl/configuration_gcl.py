@@ -1,0 +1,109 @@
+# Copyright 2026 The GCL-HF authors. Apache-2.0.
+"""GCL model configuration.
+
+Self-contained (imports only `transformers`) so it can be uploaded to the Hub as remote code beside
+`modeling_gcl.py` and `processing_gcl.py`.
+"""
+
+from dataclasses import field
+
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+# The six ordered pairs of different modalities of GCL (paper Eq. 2), named `<anchor>2<positive>`.
+MODALITIES = ("i", "t", "it")
+ALL_LOSS_PAIRS = ("i2t", "i2it", "t2i", "t2it", "it2i", "it2t")
+
+# How the image and text vectors of a score-fusion backbone (CLIP, TinyCLIP, UniIR CLIP-SF) become one.
+FUSION_MODES = ("sum", "normalized_sum", "mean", "attention")
+
+# Backbones the model can wrap: the `model_type` of `encoder_config`.
+SUPPORTED_ENCODERS = ("clip",)
+
+
+def split_pair(name: str) -> tuple[str, str]:
+    """`"t2it"` -> `("t", "it")`; raises `ValueError` on an unknown name."""
+    if name not in ALL_LOSS_PAIRS:
+        raise ValueError(f"Unknown loss pair {name!r}; expected some of {', '.join(ALL_LOSS_PAIRS)}.")
+    anchor, positive = name.split("2")
+    return anchor, positive
+
+
+class GCLConfig(PreTrainedConfig):
+    r"""
+    Configuration of a [`GCLModel`]: a multimodal retriever that embeds images, texts and fused image+text
+    items into one space and is trained with Generalized Contrastive Learning (Lee et al., NeurIPS 2025).
+
+    Args:
+        encoder_config (`dict` or `PreTrainedConfig`, *optional*):
+            Configuration of the wrapped backbone. A `CLIPConfig` (also TinyCLIP and UniIR CLIP-SF, which share its
+            layout); defaults to `CLIPConfig()`.
+        fusion (`str`, *optional*, defaults to `"sum"`):
+            How a fused image+text embedding is pooled from the two projected vectors:
+            - `"sum"`: CLIP-SF / UniIR score fusion, the *unnormalised* projections summed, then L2-normalised.
+            - `"normalized_sum"`: each projection L2-normalised, summed, then L2-normalised.
+            - `"mean"`: the mean of the unnormalised projections. After the final L2 normalisation this points the
+              same way as `"sum"`; it exists so configurations that name it load and behave as expected.
+            - `"attention"`: learnable attention pooling over the two vectors (a linear score per vector, softmax
+              over the two, weighted sum of the unnormalised projections). Zero-initialised, so an untrained
+              pooling equals `"sum"` exactly.
+        temperature (`float`, *optional*):
+            Fixed softmax temperature τ. `None` keeps the backbone's own learnable `logit_scale` (CLIP). When set,
+            the logit scale is initialised to `log(1/τ)`.
+        learnable_temperature (`bool`, *optional*, defaults to `True`):
+            Whether the logit scale is trained. `False` freezes it (VISTA's fixed τ = 0.02).
+        max_logit_scale (`float`, *optional*, defaults to 100.0):
+            Upper bound applied to `exp(logit_scale)` when it is used, as CLIP clamps it.
+        loss_pairs (`list[str]`, *optional*):
+            The ordered modality pairs whose positives the GCL loss counts, from `i2t, i2it, t2i, t2it, it2i, it2t`
+            (all six by default). The softmax denominator always spans all 3N items.
+        loss_weights (`list[float]`, *optional*):
+            One weight per entry of `loss_pairs` (all 1.0 by default). The loss is the weighted mean of the terms.
+        exclude_other_positive (`bool`, *optional*, defaults to `False`):
+            Drop the anchor's *other* positive from the denominator of each term. The paper's Eq. 2 keeps it.
+    """
+
+    model_type = "gcl"
+    sub_configs_defaults = {"encoder_config": SubConfigSpec(config_class=AutoConfig, model_type="clip")}
+
+    encoder_config: PreTrainedConfig | dict | None = None
+    fusion: str = "sum"
+    temperature: float | None = None
+    learnable_temperature: bool = True
+    max_logit_scale: float = 100.0
+    loss_pairs: list[str] = field(default_factory=lambda: list(ALL_LOSS_PAIRS))
+    loss_weights: list[float] | None = None
+    exclude_other_positive: bool = False
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if self.encoder_config.model_type not in SUPPORTED_ENCODERS:
+            raise ValueError(
+                f"GCLConfig: encoder model_type {self.encoder_config.model_type!r} is not supported; "
+                f"supported: {', '.join(SUPPORTED_ENCODERS)}."
+            )
+        if self.fusion not in FUSION_MODES:
+            raise ValueError(f"GCLConfig: fusion {self.fusion!r} is not one of {', '.join(FUSION_MODES)}.")
+        if self.temperature is not None and not self.temperature > 0:
+            raise ValueError(f"GCLConfig: temperature must be > 0, got {self.temperature}.")
+        self.loss_pairs = list(self.loss_pairs)
+        if not self.loss_pairs:
+            raise ValueError("GCLConfig: loss_pairs is empty.")
+        for name in self.loss_pairs:
+            split_pair(name)
+        if len(set(self.loss_pairs)) != len(self.loss_pairs):
+            raise ValueError(f"GCLConfig: loss_pairs has duplicates: {self.loss_pairs}.")
+        if self.loss_weights is not None:
+            self.loss_weights = [float(w) for w in self.loss_weights]
+            if len(self.loss_weights) != len(self.loss_pairs):
+                raise ValueError(
+                    f"GCLConfig: {len(self.loss_weights)} loss_weights for {len(self.loss_pairs)} loss_pairs."
+                )
+
+    @property
+    def projection_dim(self) -> int:
+        """Size of the shared embedding space."""
+        return self.encoder_config.projection_dim
+
+
+__all__ = ["GCLConfig", "ALL_LOSS_PAIRS", "FUSION_MODES", "MODALITIES", "split_pair"]

@@ -1,0 +1,280 @@
+# Copyright 2026 The GCL-HF authors. Apache-2.0.
+"""PyTorch GCL model: a universal multimodal retriever (image, text and fused image+text embeddings in one space)
+trained with Generalized Contrastive Learning.
+
+Paper: "Generalized Contrastive Learning for Universal Multimodal Retrieval", J. Lee, J. Cho, H. Park, M. Hayat,
+K. Hwang, F. Porikli, S. Choi, NeurIPS 2025, arXiv:2509.25638.
+
+Self-contained (imports only `torch`, `transformers` and its sibling files) so it can be uploaded to the Hub as
+remote code. Training losses live in the `trainer` package of the library; `forward(..., return_loss=True)` uses
+them when the library is installed.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import CLIPModel, PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from .configuration_gcl import GCLConfig
+
+
+def l2_normalize(embeds: torch.Tensor) -> torch.Tensor:
+    """L2-normalise the last dimension; `(..., dim)` -> `(..., dim)`."""
+    return F.normalize(embeds, p=2, dim=-1)
+
+
+@dataclass
+class GCLOutput(ModelOutput):
+    r"""
+    loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `return_loss=True`):
+        The training loss chosen by the config (GCL by default).
+    image_embeds (`torch.FloatTensor` of shape `(batch_size, projection_dim)`, *optional*):
+        L2-normalised image-only embeddings; present when `pixel_values` is given.
+    text_embeds (`torch.FloatTensor` of shape `(batch_size, projection_dim)`, *optional*):
+        L2-normalised text-only embeddings; present when `input_ids` is given.
+    fused_embeds (`torch.FloatTensor` of shape `(batch_size, projection_dim)`, *optional*):
+        L2-normalised fused image+text embeddings of the pairs `(pixel_values[j], input_ids[j])`; present when both are
+        given.
+    logit_scale (`torch.FloatTensor` of shape `()`):
+        `1 / τ`: the exponentiated, clamped logit scale that multiplies cosine similarities.
+    loss_terms (`dict[str, torch.FloatTensor]`, *optional*, returned when `return_loss=True`):
+        The named, detached loss terms (`loss_i2t`, `loss_i2it`, ... for GCL) for logging.
+    """
+
+    loss: torch.FloatTensor | None = None
+    image_embeds: torch.FloatTensor | None = None
+    text_embeds: torch.FloatTensor | None = None
+    fused_embeds: torch.FloatTensor | None = None
+    logit_scale: torch.FloatTensor | None = None
+    loss_terms: dict[str, torch.FloatTensor] | None = None
+
+
+class GCLScoreFusion(nn.Module):
+    """Pools an image vector and a text vector (unnormalised projections) into one fused vector.
+
+    The result is *not* normalised; the caller L2-normalises it, which is why `sum` and `mean` give the same
+    embedding. See `GCLConfig.fusion` for the modes.
+    """
+
+    def __init__(self, mode: str, embed_dim: int):
+        super().__init__()
+        self.mode = mode
+        if mode == "attention":
+            # One relevance score per vector, computed on its direction so the projection norms cannot dominate.
+            self.score = nn.Linear(embed_dim, 1)
+
+    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+        """`(batch, dim), (batch, dim) -> (batch, dim)`."""
+        if self.mode == "sum":
+            return image_features + text_features
+        if self.mode == "mean":
+            return (image_features + text_features) / 2
+        if self.mode == "normalized_sum":
+            return l2_normalize(image_features) + l2_normalize(text_features)
+        if self.mode == "attention":
+            stacked = torch.stack([image_features, text_features], dim=1)  # (batch, 2, dim)
+            weights = self.score(l2_normalize(stacked)).softmax(dim=1)  # (batch, 2, 1)
+            return (weights * stacked).sum(dim=1)
+        raise ValueError(f"Unknown fusion mode {self.mode!r}")
+
+
+class GCLPreTrainedModel(PreTrainedModel):
+    config: GCLConfig
+    base_model_prefix = "gcl"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["CLIPTextEmbeddings", "CLIPEncoderLayer", "CLIPVisionEmbeddings"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_attention_backend = True
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        # The wrapped encoder is a PreTrainedModel and initialises itself; only GCL's own modules land here.
+        if isinstance(module, GCLScoreFusion) and module.mode == "attention":
+            init.zeros_(module.score.weight)
+            init.zeros_(module.score.bias)
+
+
+class GCLModel(GCLPreTrainedModel):
+    r"""
+    A retriever that embeds images (`i`), texts (`t`) and fused image+text items (`it`) into one L2-normalised space.
+
+    With a CLIP backbone (CLIP, TinyCLIP, UniIR CLIP-SF) the fused embedding is pooled from the two projections
+    (`config.fusion`), so it costs nothing beyond the image and text passes.
+
+    Example:
+
+    ```python
+    >>> import modeling_gcl  # registers GCL with the Auto classes
+    >>> from transformers import AutoModel, AutoProcessor
+
+    >>> model = AutoModel.from_pretrained("path/to/gcl-model")
+    >>> processor = AutoProcessor.from_pretrained("path/to/gcl-model")
+    >>> inputs = processor(images=[image], text=["a red bicycle"], return_tensors="pt", padding=True)
+    >>> out = model(**inputs)
+    >>> out.image_embeds.shape, out.text_embeds.shape, out.fused_embeds.shape
+    ```
+    """
+
+    def __init__(self, config: GCLConfig, encoder: CLIPModel | None = None):
+        super().__init__(config)
+        # `encoder` lets `from_backbone` wrap already-loaded weights without building a second, random copy.
+        self.encoder = encoder if encoder is not None else CLIPModel._from_config(config.encoder_config)
+        self.fusion = GCLScoreFusion(config.fusion, config.projection_dim)
+        if config.temperature is not None:
+            with torch.no_grad():
+                self.encoder.logit_scale.fill_(math.log(1.0 / config.temperature))
+        self.encoder.logit_scale.requires_grad_(config.learnable_temperature)
+        self.post_init()
+
+    @classmethod
+    def from_backbone(
+        cls,
+        backbone: "str | CLIPModel",
+        fusion: str = "sum",
+        temperature: float | None = None,
+        learnable_temperature: bool = True,
+        **kwargs,
+    ) -> "GCLModel":
+        r"""
+        Wrap a CLIP-family retriever as a `GCLModel`.
+
+        Args:
+            backbone (`str` or `CLIPModel`):
+                A Hub id (`"openai/clip-vit-base-patch32"`, `"wkcn/TinyCLIP-ViT-8M-16-Text-3M-YFCC15M"`), a local
+                directory holding a `CLIPModel`, or a `CLIPModel` instance.
+            fusion (`str`, *optional*, defaults to `"sum"`):
+                Fused-modality pooling, see [`GCLConfig`].
+            temperature (`float`, *optional*):
+                Fixed τ; `None` keeps the backbone's learnable logit scale.
+            learnable_temperature (`bool`, *optional*, defaults to `True`):
+                Whether the logit scale is trained.
+            kwargs:
+                Further [`GCLConfig`] fields (`loss_pairs`, `loss_weights`, ...). `dtype`, `revision`, `token` and
+                `cache_dir` are passed on to `CLIPModel.from_pretrained` when `backbone` is a string.
+        """
+        load_keys = ("dtype", "revision", "token", "cache_dir", "local_files_only", "attn_implementation")
+        load_kwargs = {key: kwargs.pop(key) for key in load_keys if key in kwargs}
+        if isinstance(backbone, str):
+            backbone = CLIPModel.from_pretrained(backbone, **load_kwargs)
+        if not isinstance(backbone, CLIPModel):
+            raise TypeError(f"from_backbone expects a CLIPModel or a path/Hub id of one, got {type(backbone).__name__}")
+        config = GCLConfig(
+            encoder_config=backbone.config,
+            fusion=fusion,
+            temperature=temperature,
+            learnable_temperature=learnable_temperature,
+            **kwargs,
+        )
+        return cls(config, encoder=backbone)
+
+    def get_image_features(self, pixel_values: torch.FloatTensor, normalize: bool = True) -> torch.FloatTensor:
+        r"""
+        Image-only embeddings: `pixel_values` `(batch, 3, height, width)` -> `(batch, projection_dim)`, L2-normalised
+        unless `normalize=False` (then the raw projection, as CLIP's `pooler_output`).
+        """
+        features = self.encoder.get_image_features(pixel_values=pixel_values).pooler_output
+        return l2_normalize(features) if normalize else features
+
+    def get_text_features(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        normalize: bool = True,
+    ) -> torch.FloatTensor:
+        r"""
+        Text-only embeddings: `input_ids` `(batch, seq_len)` -> `(batch, projection_dim)`, L2-normalised unless
+        `normalize=False`.
+        """
+        features = self.encoder.get_text_features(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
+        ).pooler_output
+        return l2_normalize(features) if normalize else features
+
+    def get_fused_features(
+        self,
+        pixel_values: torch.FloatTensor,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+    ) -> torch.FloatTensor:
+        r"""
+        Fused image+text embeddings of the pairs `(pixel_values[j], input_ids[j])`: `(batch, projection_dim)`,
+        L2-normalised.
+        """
+        image_features = self.get_image_features(pixel_values, normalize=False)
+        text_features = self.get_text_features(input_ids, attention_mask, position_ids, normalize=False)
+        return l2_normalize(self.fusion(image_features, text_features))
+
+    def get_logit_scale(self) -> torch.Tensor:
+        """`1 / τ` as a scalar tensor: `exp(logit_scale)`, clamped at `config.max_logit_scale`."""
+        return self.encoder.logit_scale.exp().clamp(max=self.config.max_logit_scale)
+
+    def forward(
+        self,
+        pixel_values: torch.FloatTensor | None = None,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        return_loss: bool | None = None,
+    ) -> GCLOutput:
+        r"""
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, height, width)`, *optional*):
+            Images, as prepared by [`GCLProcessor`].
+        input_ids (`torch.LongTensor` of shape `(batch_size, seq_len)`, *optional*):
+            Token ids of the texts. When both inputs are given, row `j` of each forms the pair `j`.
+        attention_mask (`torch.Tensor` of shape `(batch_size, seq_len)`, *optional*):
+            1 for tokens, 0 for padding.
+        return_loss (`bool`, *optional*):
+            Compute the GCL loss over the batch of pairs (needs both inputs and the `trainer` package of the library).
+        """
+        image_features = text_features = None
+        image_embeds = text_embeds = fused_embeds = None
+        if pixel_values is not None:
+            image_features = self.get_image_features(pixel_values, normalize=False)
+            image_embeds = l2_normalize(image_features)
+        if input_ids is not None:
+            text_features = self.get_text_features(input_ids, attention_mask, position_ids, normalize=False)
+            text_embeds = l2_normalize(text_features)
+        if image_features is not None and text_features is not None:
+            fused_embeds = l2_normalize(self.fusion(image_features, text_features))
+        logit_scale = self.get_logit_scale()
+
+        loss = loss_terms = None
+        if return_loss:
+            if fused_embeds is None:
+                raise ValueError("return_loss=True needs both pixel_values and input_ids (a batch of pairs).")
+            try:
+                from trainer.losses.gcl import gcl_loss
+            except ImportError as error:  # remote code used without the library
+                raise ImportError(
+                    "GCLModel(return_loss=True) uses the GCL loss of the `gcl-hf` library's `trainer` package; "
+                    "install the library to train."
+                ) from error
+            loss, loss_terms = gcl_loss(
+                image_embeds,
+                text_embeds,
+                fused_embeds,
+                temperature=1.0 / logit_scale,
+                pairs=self.config.loss_pairs,
+                weights=self.config.loss_weights,
+                exclude_other_positive=self.config.exclude_other_positive,
+            )
+        return GCLOutput(
+            loss=loss,
+            image_embeds=image_embeds,
+            text_embeds=text_embeds,
+            fused_embeds=fused_embeds,
+            logit_scale=logit_scale,
+            loss_terms=loss_terms,
+        )
+
+
+__all__ = ["GCLModel", "GCLPreTrainedModel", "GCLOutput", "GCLScoreFusion", "l2_normalize"]

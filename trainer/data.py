@@ -1,0 +1,127 @@
+# Copyright 2026 The GCL-HF authors. Apache-2.0.
+"""Image–caption training data as `datasets.Dataset`: from the Hub, a local `imagefolder`, a JSONL file, or the
+sample bundled with the package."""
+
+import json
+import os
+from pathlib import Path
+
+import datasets
+from torch.utils.data import Dataset as TorchDataset
+
+RESOURCES = Path(__file__).resolve().parent / "resources"
+BUNDLED_SAMPLE_DIR = RESOURCES / "openclipart_sample"
+BUNDLED_TINY_CLIP_DIR = RESOURCES / "tiny_clip"
+
+# The collator names bad rows by this index, which `RowIndexedDataset` adds to every example.
+ROW_INDEX_KEY = "gcl_row_index"
+
+
+class DataError(ValueError):
+    """Training data that cannot be used as given; the message names the file, row or column."""
+
+
+def _load_jsonl_pairs(path: Path, image_column: str) -> datasets.Dataset:
+    """A JSONL file of `{image_column: path, caption_column: text, ...}` rows; relative image paths are taken
+    relative to the file's folder."""
+    rows = []
+    with open(path, encoding="utf-8", errors="strict") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise DataError(f"{path}:{line_number}: not valid JSON ({error.msg}).") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}:{line_number}: expected a JSON object, got {type(row).__name__}.")
+            image = row.get(image_column)
+            if isinstance(image, str) and not os.path.isabs(image):
+                row[image_column] = str(path.parent / image)
+            rows.append(row)
+    if not rows:
+        raise DataError(f"{path}: no rows.")
+    try:
+        return datasets.Dataset.from_list(rows)
+    except Exception as error:  # pyarrow type clashes between rows
+        raise DataError(f"{path}: rows do not share one schema ({error}).") from error
+
+
+def load_image_caption_dataset(
+    train_data: str | os.PathLike | None = None,
+    image_column: str = "image",
+    caption_column: str = "caption",
+    split: str = "train",
+    dataset_config_name: str | None = None,
+    streaming: bool = False,
+) -> datasets.Dataset:
+    r"""
+    Load image–caption pairs.
+
+    Args:
+        train_data (`str`, *optional*):
+            - `None`: the bundled 320-pair openclipart sample;
+            - a directory in `imagefolder` layout (`metadata.jsonl` with `file_name` and `caption`);
+            - a `.jsonl` file of rows with an image path (relative to the file) and a caption;
+            - otherwise a Hub dataset name for `datasets.load_dataset`.
+        image_column, caption_column (`str`): column names. An `imagefolder`'s `file_name` becomes `image`.
+        split (`str`): the split to read.
+        dataset_config_name (`str`, *optional*): the Hub dataset's configuration.
+
+    Returns:
+        A `datasets.Dataset` whose image column is left undecoded (`{"bytes", "path"}` or a path string), so the
+        collator decodes images lazily and can name the file of a bad one.
+    """
+    if train_data is None:
+        train_data = BUNDLED_SAMPLE_DIR
+    path = Path(train_data)
+    if path.is_dir():
+        if not any((path / name).exists() for name in ("metadata.jsonl", "metadata.csv", "metadata.parquet")):
+            raise DataError(f"{path}: an imagefolder needs a metadata.jsonl (or .csv) with file_name and caption.")
+        dataset = datasets.load_dataset("imagefolder", data_dir=str(path), split=split)
+    elif path.suffix == ".jsonl" and path.is_file():
+        dataset = _load_jsonl_pairs(path, image_column)
+    elif path.suffix in (".jsonl", ".json", ".csv") or os.sep in str(train_data) and not path.exists():
+        raise DataError(f"{train_data}: no such file or directory.")
+    else:
+        dataset = datasets.load_dataset(str(train_data), dataset_config_name, split=split, streaming=streaming)
+
+    columns = dataset.column_names or list(dataset.features or {})
+    missing = [name for name in (image_column, caption_column) if name not in columns]
+    if missing:
+        raise DataError(
+            f"{train_data}: missing column(s) {missing}; the data has {columns}. "
+            "Set --image_column / --caption_column."
+        )
+    if isinstance(dataset.features.get(image_column), datasets.Image):
+        dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
+    return dataset
+
+
+class RowIndexedDataset(TorchDataset):
+    """A map-style dataset whose examples also carry their row index (`gcl_row_index`), so a bad sample can be
+    named in an error message however the sampler shuffles."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        return {**self.dataset[index], ROW_INDEX_KEY: index}
+
+    def __getattr__(self, name):  # column_names, features, ... of the wrapped dataset
+        if name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+
+def split_holdout(dataset: datasets.Dataset, holdout: int, seed: int) -> tuple[datasets.Dataset, datasets.Dataset | None]:
+    """Split off `holdout` pairs (shuffled with `seed`) for before/after retrieval evaluation."""
+    if holdout <= 0:
+        return dataset, None
+    if holdout >= len(dataset):
+        raise DataError(f"eval_holdout={holdout} leaves no training data ({len(dataset)} pairs).")
+    parts = dataset.train_test_split(test_size=holdout, seed=seed, shuffle=True)
+    return parts["train"], parts["test"]

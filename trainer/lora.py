@@ -1,0 +1,96 @@
+# Copyright 2026 The GCL-HF authors. Apache-2.0.
+"""LoRA for GCL models through peft: presets, the logit scale as an explicit trainable, saving and merging."""
+
+import os
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors.torch import load_file, save_file
+
+from modeling_gcl import GCLModel
+
+# Linear layers of every CLIP transformer block (attention and MLP), vision and text towers alike.
+LORA_TARGET_PRESETS = {"clip": ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")}
+
+# Trainable parameters that are neither LoRA weights nor in peft's `modules_to_save` (the bare `logit_scale`) are
+# saved beside the adapter in this file, since peft's adapter files do not hold them.
+EXTRA_TRAINABLES_FILE = "gcl_extra_trainables.safetensors"
+
+
+def apply_lora(
+    model: GCLModel,
+    r: int = 16,
+    alpha: int = 32,
+    dropout: float = 0.05,
+    target_modules: list[str] | None = None,
+    train_logit_scale: bool = False,
+) -> PeftModel:
+    r"""
+    Wrap `model` with LoRA adapters.
+
+    Args:
+        r, alpha, dropout: LoRA rank, scaling numerator and dropout.
+        target_modules (`list[str]`, *optional*): module names to adapt; default the preset of the backbone
+            (`q_proj, k_proj, v_proj, out_proj, fc1, fc2` for CLIP).
+        train_logit_scale (`bool`, defaults to `False`): LoRA freezes every base parameter, the bare `logit_scale`
+            included; set this to keep training it (it is then saved in `gcl_extra_trainables.safetensors`).
+
+    A learnable fusion (`fusion="attention"`) is fully trained and saved with the adapter (`modules_to_save`).
+    """
+    encoder_type = model.config.encoder_config.model_type
+    targets = list(target_modules or LORA_TARGET_PRESETS[encoder_type])
+    has_fusion_parameters = any(True for _ in model.fusion.parameters())
+    config = LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=targets,
+        modules_to_save=["fusion"] if has_fusion_parameters else None,
+    )
+    peft_model = get_peft_model(model, config)
+    if train_logit_scale:
+        peft_model.get_base_model().encoder.logit_scale.requires_grad_(True)
+    return peft_model
+
+
+def extra_trainable_parameters(peft_model: PeftModel) -> dict[str, torch.nn.Parameter]:
+    """Trainable parameters the peft adapter files do not save (e.g. `encoder.logit_scale`), by base-model name."""
+    base = peft_model.get_base_model()
+    return {
+        name: parameter
+        for name, parameter in base.named_parameters()
+        if parameter.requires_grad and "lora_" not in name and "modules_to_save" not in name
+    }
+
+
+def save_lora_adapter(peft_model: PeftModel, output_dir: str) -> None:
+    """Save the adapter (peft's files) plus the extra trainables, so `load_lora_model` restores the trained model."""
+    peft_model.save_pretrained(output_dir)
+    save_extra_trainables(peft_model, output_dir)
+
+
+def save_extra_trainables(peft_model: PeftModel, output_dir: str) -> None:
+    extras = extra_trainable_parameters(peft_model)
+    if extras:
+        save_file({name: p.detach().cpu().contiguous() for name, p in extras.items()},
+                  os.path.join(output_dir, EXTRA_TRAINABLES_FILE))
+
+
+def load_lora_model(base_model: GCLModel, adapter_dir: str, is_trainable: bool = False) -> PeftModel:
+    """Load a saved adapter (and its extra trainables) onto `base_model`."""
+    peft_model = PeftModel.from_pretrained(base_model, adapter_dir, is_trainable=is_trainable)
+    extras_path = os.path.join(adapter_dir, EXTRA_TRAINABLES_FILE)
+    if os.path.exists(extras_path):
+        base = peft_model.get_base_model()
+        parameters = dict(base.named_parameters())
+        for name, tensor in load_file(extras_path).items():
+            if name not in parameters or parameters[name].shape != tensor.shape:
+                raise ValueError(f"{extras_path}: {name} {tuple(tensor.shape)} does not fit the base model.")
+            with torch.no_grad():
+                parameters[name].copy_(tensor)
+    return peft_model
+
+
+def merge_lora(peft_model: PeftModel) -> GCLModel:
+    """Fold the adapters into the base weights and return the plain `GCLModel` (loadable with `AutoModel`)."""
+    return peft_model.merge_and_unload()

@@ -1,0 +1,56 @@
+# Copyright 2026 The GCL-HF authors. Apache-2.0.
+"""The "+CL" baseline of the GCL paper: CLIP's symmetric InfoNCE over the N×N image↔text matrix.
+
+The denominator spans the key modality only (texts for an image anchor, images for a text anchor), which is why it
+is *not* GCL restricted to the pairs {i2t, t2i}: GCL's denominator spans all 3N − 1 items.
+
+    @inproceedings{radford2021clip,
+      title     = {Learning Transferable Visual Models From Natural Language Supervision},
+      author    = {Radford, Alec and others},
+      booktitle = {ICML},
+      year      = {2021}
+    }
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .gcl import _at_least_float32, _temperature_as_tensor
+
+
+def clip_loss(
+    image_embeds: torch.Tensor,
+    text_embeds: torch.Tensor,
+    temperature: float | torch.Tensor,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    r"""
+    Symmetric InfoNCE: `(CE(S, diag) + CE(Sᵀ, diag)) / 2` with `S = E_i·E_tᵀ / τ`.
+
+    Args:
+        image_embeds, text_embeds (`torch.Tensor` of shape `(N, dim)`): L2-normalised, row `j` of each is pair `j`.
+        temperature (`float` or scalar `torch.Tensor`): τ.
+
+    Returns:
+        `(loss, {"loss_i2t": ..., "loss_t2i": ...})`, computed in float32 (float64 for float64 inputs).
+    """
+    if image_embeds.shape[0] != text_embeds.shape[0]:
+        raise ValueError(f"clip_loss: {image_embeds.shape[0]} images for {text_embeds.shape[0]} texts.")
+    device = image_embeds.device
+    with torch.autocast(device_type=device.type, enabled=False):
+        image_embeds, text_embeds = _at_least_float32(image_embeds), _at_least_float32(text_embeds)
+        logits = image_embeds @ text_embeds.T / _temperature_as_tensor(temperature, image_embeds)
+        targets = torch.arange(logits.shape[0], device=device)
+        loss_i2t = F.cross_entropy(logits, targets)
+        loss_t2i = F.cross_entropy(logits.T, targets)
+        loss = (loss_i2t + loss_t2i) / 2
+    return loss, {"loss_i2t": loss_i2t.detach(), "loss_t2i": loss_t2i.detach()}
+
+
+class CLIPLoss(nn.Module):
+    """`clip_loss` as a module with the same call signature as `GCLLoss` (the fused embeddings are unused)."""
+
+    name = "clip"
+
+    def forward(self, image_embeds, text_embeds, fused_embeds, temperature):
+        return clip_loss(image_embeds, text_embeds, temperature)

@@ -1,0 +1,148 @@
+# Copyright 2026 The GCL-HF authors. Apache-2.0.
+"""Generalized Contrastive Learning loss (Lee et al., NeurIPS 2025, arXiv:2509.25638, Eq. 2).
+
+For N image–caption pairs with L2-normalised embeddings e_i^j (image), e_t^j (text) and e_it^j (fused):
+
+    L = −1/(6N) · Σ_j Σ_{(a,b)∈P} log [ exp(e_a^j·e_b^j / τ) / Σ_{m∈{i,t,it}} Σ_k exp(e_a^j·e_m^k / τ) ]
+
+with P the six ordered pairs of different modalities and the anchor itself (m = a, k = j) left out of the
+denominator. In matrix form: stack E = [E_i; E_t; E_it] (3N × d), S = E·Eᵀ/τ with the diagonal masked, row-wise
+log-softmax, and the mean of −log p over the 6N positive cells (same sample, other modality).
+
+    @inproceedings{lee2025gcl,
+      title     = {Generalized Contrastive Learning for Universal Multimodal Retrieval},
+      author    = {Lee, Jungsoo and Cho, Janghoon and Park, Hyojin and Hayat, Munawar and Hwang, Kyuwoong and
+                   Porikli, Fatih and Choi, Sungha},
+      booktitle = {Advances in Neural Information Processing Systems},
+      year      = {2025}
+    }
+"""
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from modeling_gcl.configuration_gcl import ALL_LOSS_PAIRS, MODALITIES, split_pair
+
+
+def _at_least_float32(embeds: torch.Tensor) -> torch.Tensor:
+    """Upcast half precision to float32; keep float32 and float64 as they are."""
+    return embeds.to(torch.promote_types(embeds.dtype, torch.float32))
+
+
+def _temperature_as_tensor(temperature: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    if isinstance(temperature, torch.Tensor):
+        return temperature.to(device=like.device, dtype=like.dtype)
+    return torch.tensor(float(temperature), device=like.device, dtype=like.dtype)
+
+
+def _resolve_pairs(
+    pairs: Sequence[str] | None, weights: Sequence[float] | None
+) -> tuple[list[str], list[float]]:
+    pairs = list(ALL_LOSS_PAIRS) if pairs is None else list(pairs)
+    if not pairs:
+        raise ValueError("gcl_loss: `pairs` is empty.")
+    for name in pairs:
+        split_pair(name)
+    weights = [1.0] * len(pairs) if weights is None else [float(w) for w in weights]
+    if len(weights) != len(pairs):
+        raise ValueError(f"gcl_loss: {len(weights)} weights for {len(pairs)} pairs.")
+    if sum(weights) <= 0:
+        raise ValueError(f"gcl_loss: the weights must sum to a positive number, got {weights}.")
+    return pairs, weights
+
+
+def gcl_loss(
+    image_embeds: torch.Tensor,
+    text_embeds: torch.Tensor,
+    fused_embeds: torch.Tensor,
+    temperature: float | torch.Tensor,
+    pairs: Sequence[str] | None = None,
+    weights: Sequence[float] | None = None,
+    exclude_other_positive: bool = False,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    r"""
+    The GCL loss of one batch of pairs.
+
+    Args:
+        image_embeds, text_embeds, fused_embeds (`torch.Tensor` of shape `(N, dim)`):
+            L2-normalised embeddings; row `j` of each belongs to pair `j`.
+        temperature (`float` or scalar `torch.Tensor`):
+            τ. A tensor (e.g. `1 / logit_scale.exp()`) keeps its gradient.
+        pairs (`Sequence[str]`, *optional*):
+            The positive pairs counted, from `i2t, i2it, t2i, t2it, it2i, it2t` (all six by default). The
+            denominator always spans all 3N − 1 other items.
+        weights (`Sequence[float]`, *optional*):
+            One weight per pair; the loss is `Σ w_p · term_p / Σ w_p`, which is Eq. 2 when all six weigh 1.
+        exclude_other_positive (`bool`, *optional*, defaults to `False`):
+            Drop the anchor's other positive (the third modality of the same sample) from each term's denominator.
+            Eq. 2 keeps it.
+
+    Returns:
+        `(loss, terms)`: the scalar loss (float32, or float64 for float64 inputs) and `{"loss_i2t": ..., ...}`, each term the mean over the N anchors
+        of −log p at its positive (detached).
+    """
+    pairs, weights = _resolve_pairs(pairs, weights)
+    num_pairs = image_embeds.shape[0]
+    if not (text_embeds.shape[0] == fused_embeds.shape[0] == num_pairs):
+        raise ValueError(
+            f"gcl_loss: batch sizes differ: image {image_embeds.shape[0]}, text {text_embeds.shape[0]}, "
+            f"fused {fused_embeds.shape[0]}."
+        )
+    device = image_embeds.device
+    # Logits and softmax in float32 even under bf16/fp16 autocast: τ = 0.01–0.05 overflows half precision.
+    with torch.autocast(device_type=device.type, enabled=False):
+        stacked = _at_least_float32(torch.cat([image_embeds, text_embeds, fused_embeds]))  # (3N, dim)
+        logits = stacked @ stacked.T / _temperature_as_tensor(temperature, stacked)  # (3N, 3N)
+        self_mask = torch.eye(3 * num_pairs, dtype=torch.bool, device=device)
+        logits = logits.masked_fill(self_mask, float("-inf"))
+        log_probs = None if exclude_other_positive else logits.log_softmax(dim=1)
+
+        sample = torch.arange(num_pairs, device=device)
+        terms = {}
+        for name in pairs:
+            anchor, positive = split_pair(name)
+            a, b = MODALITIES.index(anchor), MODALITIES.index(positive)
+            rows, cols = a * num_pairs + sample, b * num_pairs + sample
+            if exclude_other_positive:
+                other = 3 - a - b  # the remaining modality index
+                row_logits = logits[rows].clone()
+                row_logits[sample, other * num_pairs + sample] = float("-inf")
+                term = -(row_logits[sample, cols] - row_logits.logsumexp(dim=1)).mean()
+            else:
+                term = -log_probs[rows, cols].mean()
+            terms[f"loss_{name}"] = term
+
+        loss = sum(w * terms[f"loss_{name}"] for name, w in zip(pairs, weights)) / sum(weights)
+    return loss, {key: value.detach() for key, value in terms.items()}
+
+
+class GCLLoss(nn.Module):
+    """The GCL loss as a module configured once: `GCLLoss(pairs, weights)(image, text, fused, temperature)`."""
+
+    name = "gcl"
+
+    def __init__(
+        self,
+        pairs: Sequence[str] | None = None,
+        weights: Sequence[float] | None = None,
+        exclude_other_positive: bool = False,
+    ):
+        super().__init__()
+        self.pairs, self.weights = _resolve_pairs(pairs, weights)
+        self.exclude_other_positive = exclude_other_positive
+
+    def forward(self, image_embeds, text_embeds, fused_embeds, temperature):
+        return gcl_loss(
+            image_embeds,
+            text_embeds,
+            fused_embeds,
+            temperature,
+            pairs=self.pairs,
+            weights=self.weights,
+            exclude_other_positive=self.exclude_other_positive,
+        )
+
+    def extra_repr(self) -> str:
+        return f"pairs={self.pairs}, weights={self.weights}, exclude_other_positive={self.exclude_other_positive}"

@@ -1,0 +1,164 @@
+# Copyright 2026 The GCL-HF authors. Apache-2.0.
+"""`GCLTrainer`: a `transformers.Trainer` that trains retrievers with GCL (or the CLIP baseline)."""
+
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils.data import IterableDataset
+from transformers import Trainer, TrainingArguments
+
+from modeling_gcl import ALL_LOSS_PAIRS
+
+from .collator import SKIPPED_SAMPLES_KEY, GCLCollator
+from .data import RowIndexedDataset
+from .losses import LOSSES, build_loss
+from .lora import apply_lora, save_extra_trainables
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class GCLTrainingArguments(TrainingArguments):
+    r"""
+    `TrainingArguments` with GCL's loss and LoRA options, and defaults that avoid the known pitfalls of contrastive
+    training with `Trainer`: image columns are kept (`remove_unused_columns=False`), the last uneven batch is dropped
+    (`dataloader_drop_last=True`: fewer negatives, and a hang of cross-device gathers), and DDP neither broadcasts
+    buffers nor searches for unused parameters (every tower is used every step).
+    """
+
+    output_dir: str | None = field(default="gcl-output", metadata={"help": "Where the model and checkpoints go."})
+    per_device_train_batch_size: int = field(
+        default=32, metadata={"help": "Pairs per device and step; GCL's negatives come from the batch (3N-1 each)."}
+    )
+    logging_steps: float = field(default=10, metadata={"help": "Log every X steps (or a ratio of the run if < 1)."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep False: images are decoded in the collator."})
+    dataloader_drop_last: bool = field(default=True, metadata={"help": "Drop the last incomplete batch."})
+    ddp_broadcast_buffers: bool | None = field(default=False, metadata={"help": "DDP broadcast_buffers."})
+    ddp_find_unused_parameters: bool | None = field(default=False, metadata={"help": "DDP find_unused_parameters."})
+
+    loss: str = field(default="gcl", metadata={"help": "Training loss.", "choices": list(LOSSES)})
+    loss_pairs: list[str] = field(
+        default_factory=lambda: list(ALL_LOSS_PAIRS),
+        metadata={"help": "GCL positive pairs counted (ablations): any of " + " ".join(ALL_LOSS_PAIRS)},
+    )
+    loss_weights: list[float] | None = field(
+        default=None, metadata={"help": "One weight per loss pair (default all 1)."}
+    )
+    exclude_other_positive: bool = field(
+        default=False, metadata={"help": "Drop each anchor's other positive from the GCL denominator (Eq. 2 keeps it)."}
+    )
+    skip_bad_samples: bool = field(
+        default=False, metadata={"help": "Skip and count unreadable images / bad captions instead of stopping."}
+    )
+
+    use_lora: bool = field(default=False, metadata={"help": "Train LoRA adapters instead of all weights."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
+    lora_target_modules: list[str] | None = field(
+        default=None, metadata={"help": "Modules to adapt (default for CLIP: q_proj k_proj v_proj out_proj fc1 fc2)."}
+    )
+    train_logit_scale: bool = field(
+        default=False, metadata={"help": "With LoRA, keep training the (otherwise frozen) logit scale."}
+    )
+
+
+class GCLTrainer(Trainer):
+    r"""
+    Trains a [`GCLModel`] on image–caption pairs with the loss named by `args.loss`.
+
+    Each step embeds the batch as images, texts and fused pairs, computes the loss in float32 and logs every named
+    term (`loss_i2t`, ..., `loss_it2t` for GCL) with the temperature. `args.use_lora` wraps the model with LoRA.
+    Without a `data_collator`, a [`GCLCollator`] over the `image` and `caption` columns is built from
+    `processing_class`.
+    """
+
+    # `compute_loss` returns a per-batch mean; Trainer divides it by the accumulation steps.
+    loss_is_scaled_for_ga = False
+
+    def __init__(self, model=None, args: GCLTrainingArguments | None = None, data_collator=None, train_dataset=None,
+                 loss=None, **kwargs):
+        args = args if args is not None else GCLTrainingArguments()
+        if getattr(args, "use_lora", False) and not hasattr(model, "peft_config"):
+            model = apply_lora(
+                model,
+                r=args.lora_r,
+                alpha=args.lora_alpha,
+                dropout=args.lora_dropout,
+                target_modules=args.lora_target_modules,
+                train_logit_scale=args.train_logit_scale,
+            )
+        if data_collator is None and kwargs.get("processing_class") is not None:
+            data_collator = GCLCollator(kwargs["processing_class"], skip_bad_samples=getattr(args, "skip_bad_samples", False))
+        if train_dataset is not None and not isinstance(train_dataset, (IterableDataset, RowIndexedDataset)):
+            train_dataset = RowIndexedDataset(train_dataset)
+        super().__init__(model=model, args=args, data_collator=data_collator, train_dataset=train_dataset, **kwargs)
+        # The model never takes `num_items_in_batch`; the loss is a mean over the batch.
+        self.model_accepts_loss_kwargs = False
+        self.loss_fn = loss if loss is not None else build_loss(
+            getattr(args, "loss", "gcl"),
+            pairs=getattr(args, "loss_pairs", None),
+            weights=getattr(args, "loss_weights", None),
+            exclude_other_positive=getattr(args, "exclude_other_positive", False),
+        )
+        self._term_sums: dict[str, torch.Tensor] = {}
+        self._term_steps = 0
+        self.skipped_samples = Counter()  # message -> count, over the whole run
+        self._skipped_since_log = 0
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        skipped = inputs.pop(SKIPPED_SAMPLES_KEY, None)
+        if skipped:
+            for message in skipped:
+                logger.warning("Skipped a bad sample: %s", message)
+            self.skipped_samples.update(skipped)
+            self._skipped_since_log += len(skipped)
+        outputs = model(
+            pixel_values=inputs["pixel_values"],
+            input_ids=inputs["input_ids"],
+            attention_mask=inputs.get("attention_mask"),
+        )
+        temperature = 1.0 / outputs.logit_scale
+        loss, terms = self.loss_fn(outputs.image_embeds, outputs.text_embeds, outputs.fused_embeds, temperature)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"Non-finite loss {loss.item()} at step {self.state.global_step} "
+                f"(terms: { {k: v.item() for k, v in terms.items()} }, temperature {temperature.item():.4g}); "
+                "training stopped before anything was saved from this step."
+            )
+        if model.training:
+            for key, value in terms.items():
+                self._term_sums[key] = self._term_sums.get(key, 0.0) + value
+            self._term_sums["temperature"] = self._term_sums.get("temperature", 0.0) + temperature.detach()
+            self._term_steps += 1
+        outputs.loss, outputs.loss_terms = loss, terms
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self._term_steps:
+            for key, total in self._term_sums.items():
+                logs[key] = round(float(total) / self._term_steps, 4)
+            self._term_sums, self._term_steps = {}, 0
+            if getattr(self.args, "skip_bad_samples", False):
+                logs["skipped_samples"] = self._skipped_since_log
+                self._skipped_since_log = 0
+        super().log(logs, start_time)
+
+    def train(self, *args, **kwargs):
+        result = super().train(*args, **kwargs)
+        total = sum(self.skipped_samples.values())
+        if getattr(self.args, "skip_bad_samples", False):
+            result.metrics["skipped_samples"] = total
+        if total:
+            shown = "\n  ".join(list(self.skipped_samples)[:20])
+            more = f"\n  ... and {len(self.skipped_samples) - 20} more" if len(self.skipped_samples) > 20 else ""
+            logger.warning("Skipped %d bad sample(s) during training:\n  %s%s", total, shown, more)
+        return result
+
+    def _save(self, output_dir: str | None = None, state_dict=None):
+        super()._save(output_dir, state_dict)
+        if hasattr(self.model, "peft_config") and self.args.should_save:
+            save_extra_trainables(self.model, output_dir or self.args.output_dir)
