@@ -65,8 +65,10 @@ class GCLScoreFusion(nn.Module):
         super().__init__()
         self.mode = mode
         if mode == "attention":
-            # One relevance score per vector, computed on its direction so the projection norms cannot dominate.
-            self.score = nn.Linear(embed_dim, 1)
+            # A linear relevance score per vector, computed on its direction so projection norms cannot dominate.
+            # Plain parameters (not an nn.Linear) so `_init_weights` sees and zero-initialises them.
+            self.score_weight = nn.Parameter(torch.zeros(embed_dim))
+            self.score_bias = nn.Parameter(torch.zeros(()))
 
     def forward(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
         """`(batch, dim), (batch, dim) -> (batch, dim)`."""
@@ -78,7 +80,8 @@ class GCLScoreFusion(nn.Module):
             return l2_normalize(image_features) + l2_normalize(text_features)
         if self.mode == "attention":
             stacked = torch.stack([image_features, text_features], dim=1)  # (batch, 2, dim)
-            weights = self.score(l2_normalize(stacked)).softmax(dim=1)  # (batch, 2, 1)
+            scores = l2_normalize(stacked) @ self.score_weight + self.score_bias  # (batch, 2)
+            weights = scores.softmax(dim=1).unsqueeze(-1)  # (batch, 2, 1)
             return (weights * stacked).sum(dim=1)
         raise ValueError(f"Unknown fusion mode {self.mode!r}")
 
@@ -97,8 +100,8 @@ class GCLPreTrainedModel(PreTrainedModel):
     def _init_weights(self, module):
         # The wrapped encoder is a PreTrainedModel and initialises itself; only GCL's own modules land here.
         if isinstance(module, GCLScoreFusion) and module.mode == "attention":
-            init.zeros_(module.score.weight)
-            init.zeros_(module.score.bias)
+            init.zeros_(module.score_weight)
+            init.zeros_(module.score_bias)
 
 
 class GCLModel(GCLPreTrainedModel):
@@ -124,6 +127,9 @@ class GCLModel(GCLPreTrainedModel):
 
     def __init__(self, config: GCLConfig, encoder: CLIPModel | None = None):
         super().__init__(config)
+        # Creating a GCLConfig resets its sub-configs' attention implementation; push the resolved one back down so
+        # the encoder's attention (and its padding masks) dispatch as configured.
+        self.config._attn_implementation = self.config._attn_implementation
         # `encoder` lets `from_backbone` wrap already-loaded weights without building a second, random copy.
         self.encoder = encoder if encoder is not None else CLIPModel._from_config(config.encoder_config)
         self.fusion = GCLScoreFusion(config.fusion, config.projection_dim)
@@ -165,6 +171,7 @@ class GCLModel(GCLPreTrainedModel):
             backbone = CLIPModel.from_pretrained(backbone, **load_kwargs)
         if not isinstance(backbone, CLIPModel):
             raise TypeError(f"from_backbone expects a CLIPModel or a path/Hub id of one, got {type(backbone).__name__}")
+        kwargs.setdefault("attn_implementation", backbone.config._attn_implementation)
         config = GCLConfig(
             encoder_config=backbone.config,
             fusion=fusion,
@@ -213,9 +220,19 @@ class GCLModel(GCLPreTrainedModel):
         text_features = self.get_text_features(input_ids, attention_mask, position_ids, normalize=False)
         return l2_normalize(self.fusion(image_features, text_features))
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        model = super().from_pretrained(*args, **kwargs)
+        # Loading materialises fresh parameters, all trainable; a fixed temperature stays fixed.
+        model.encoder.logit_scale.requires_grad_(model.config.learnable_temperature)
+        return model
+
     def get_logit_scale(self) -> torch.Tensor:
         """`1 / τ` as a scalar tensor: `exp(logit_scale)`, clamped at `config.max_logit_scale`."""
-        return self.encoder.logit_scale.exp().clamp(max=self.config.max_logit_scale)
+        logit_scale = self.encoder.logit_scale
+        if not self.config.learnable_temperature:
+            logit_scale = logit_scale.detach()
+        return logit_scale.exp().clamp(max=self.config.max_logit_scale)
 
     def forward(
         self,

@@ -1,0 +1,68 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import CLIPConfig, CLIPModel
+
+import modeling_gcl  # noqa: F401  (Auto registration)
+from modeling_gcl import GCLModel, GCLProcessor
+from trainer.data import BUNDLED_SAMPLE_DIR, BUNDLED_TINY_CLIP_DIR, load_image_caption_dataset
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DIR = REPO_ROOT.parent / "shared"
+OPENCLIPART_DIR = SHARED_DIR / "data" / "openclipart"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+requires_openclipart = pytest.mark.skipif(
+    not (OPENCLIPART_DIR / "metadata.jsonl").exists(),
+    reason="needs ../shared/data/openclipart (the 1,807-pair set beside the repository; CI has it)",
+)
+
+
+def small_clip_config(**overrides) -> CLIPConfig:
+    """A CLIP small enough for unit tests, with the real CLIP vocabulary (the bundled tokenizer)."""
+    text = dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
+    vision = dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=2)
+    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=24, **overrides)
+
+
+def make_small_clip(seed: int = 0) -> CLIPModel:
+    torch.manual_seed(seed)
+    return CLIPModel._from_config(small_clip_config(), attn_implementation="sdpa")
+
+
+@pytest.fixture
+def small_clip() -> CLIPModel:
+    return make_small_clip().eval()
+
+
+@pytest.fixture
+def small_gcl_model(small_clip) -> GCLModel:
+    return GCLModel.from_backbone(small_clip).eval()
+
+
+@pytest.fixture(scope="session")
+def processor() -> GCLProcessor:
+    """The bundled CLIP tokenizer with a 32-px image processor (matching `small_clip_config`)."""
+    base = GCLProcessor.from_backbone(str(BUNDLED_TINY_CLIP_DIR))
+    base.image_processor.size = {"shortest_edge": 32}
+    base.image_processor.crop_size = {"height": 32, "width": 32}
+    return base
+
+
+@pytest.fixture(scope="session")
+def sample_dataset():
+    return load_image_caption_dataset(BUNDLED_SAMPLE_DIR)
+
+
+@pytest.fixture
+def sample_batch(processor, sample_dataset):
+    from trainer.collator import GCLCollator
+
+    rows = [sample_dataset[i] for i in range(6)]
+    return GCLCollator(processor)(rows)
