@@ -10,7 +10,7 @@ import json
 import logging
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import yaml
 from transformers import HfArgumentParser, set_seed
@@ -108,9 +108,18 @@ def parse_arguments(argv: list[str] | None = None):
             file_config = yaml.safe_load(handle) if not path.endswith(".json") else json.load(handle)
         if not isinstance(file_config, dict):
             raise SystemExit(f"gcl-train: {path} must hold a mapping of argument names to values.")
+        known = {f.name for cls in (ModelArguments, DataArguments, GCLTrainingArguments) for f in fields(cls)}
+        unknown = sorted(set(file_config) - known)
+        if unknown:
+            raise SystemExit(f"gcl-train: {path}: unknown argument(s) {unknown}; see gcl-train --help.")
     explicit = set(file_config) | {token[2:].split("=")[0] for token in argv if token.startswith("--")}
-    parser = HfArgumentParser((ModelArguments, DataArguments, GCLTrainingArguments))
-    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=_to_argv(file_config) + argv)
+    # No abbreviations: a misspelt key in a config file must fail, not silently set a look-alike argument.
+    parser = HfArgumentParser((ModelArguments, DataArguments, GCLTrainingArguments), allow_abbrev=False)
+    model_args, data_args, training_args, unused = parser.parse_args_into_dataclasses(
+        args=_to_argv(file_config) + argv, return_remaining_strings=True
+    )
+    if unused:
+        parser.error(f"unrecognized arguments: {' '.join(unused)}")
     return model_args, data_args, training_args, explicit
 
 
