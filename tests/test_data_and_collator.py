@@ -136,3 +136,19 @@ def test_row_indexed_dataset(sample_dataset):
     wrapped = RowIndexedDataset(sample_dataset)
     assert len(wrapped) == 320 and wrapped[5]["gcl_row_index"] == 5
     assert wrapped.column_names == sample_dataset.column_names
+
+
+def test_hub_dataset_name_goes_to_load_dataset_and_images_stay_undecoded(monkeypatch):
+    calls = []
+    local = datasets.Dataset.from_dict({"img": [{"bytes": _jpeg_bytes(), "path": "a.jpg"}], "txt": ["a red square"]})
+    local = local.cast_column("img", datasets.Image())
+
+    def fake_load_dataset(name, config_name=None, split=None, streaming=False):
+        calls.append((name, config_name, split, streaming))
+        return local
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    dataset = load_image_caption_dataset("org/pairs", image_column="img", caption_column="txt", split="validation",
+                                         dataset_config_name="small")
+    assert calls == [("org/pairs", "small", "validation", False)]
+    assert isinstance(dataset[0]["img"], dict) and dataset[0]["img"]["bytes"]

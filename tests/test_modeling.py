@@ -147,3 +147,15 @@ def test_from_backbone_loads_a_clip_directory(tmp_path, small_clip, sample_batch
         torch.testing.assert_close(model.get_image_features(sample_batch["pixel_values"]), F.normalize(image, dim=-1))
     with pytest.raises(TypeError, match="CLIPModel"):
         GCLModel.from_backbone(torch.nn.Linear(2, 2))
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(sample_batch):
+    grads = []
+    for checkpointing in (False, True):
+        model = GCLModel.from_backbone(make_small_clip()).train()
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+            assert model.is_gradient_checkpointing
+        model(**sample_batch, return_loss=True).loss.backward()
+        grads.append(model.encoder.vision_model.encoder.layers[0].mlp.fc1.weight.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-5)

@@ -81,7 +81,8 @@ def load_image_caption_dataset(
         dataset = datasets.load_dataset("imagefolder", data_dir=str(path), split=split)
     elif path.suffix == ".jsonl" and path.is_file():
         dataset = _load_jsonl_pairs(path, image_column)
-    elif path.suffix in (".jsonl", ".json", ".csv") or os.sep in str(train_data) and not path.exists():
+    elif path.suffix in (".jsonl", ".json", ".csv") or str(train_data).startswith((".", "/", "~")):
+        # Written as a local path (a Hub id is `name` or `org/name`) but not found.
         raise DataError(f"{train_data}: no such file or directory.")
     else:
         dataset = datasets.load_dataset(str(train_data), dataset_config_name, split=split, streaming=streaming)
