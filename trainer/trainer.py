@@ -14,7 +14,7 @@ from modeling_gcl import ALL_LOSS_PAIRS
 
 from .collator import SKIPPED_SAMPLES_KEY, GCLCollator
 from .data import RowIndexedDataset
-from .losses import LOSSES, build_loss
+from .losses import LOSSES, CachedLoss, build_loss
 from .lora import apply_lora, save_extra_trainables
 
 logger = logging.getLogger(__name__)
@@ -53,6 +53,15 @@ class GCLTrainingArguments(TrainingArguments):
     skip_bad_samples: bool = field(
         default=False, metadata={"help": "Skip and count unreadable images / bad captions instead of stopping."}
     )
+    gather_across_devices: bool = field(
+        default=True,
+        metadata={"help": "Under distributed training, use every process's batch as negatives (gathered with grad)."},
+    )
+    mini_batch_size: int | None = field(
+        default=None,
+        metadata={"help": "GradCache: embed the batch in mini-batches of this size (same loss and gradients, "
+                          "the activation memory of one mini-batch). Default: off."},
+    )
 
     use_lora: bool = field(default=False, metadata={"help": "Train LoRA adapters instead of all weights."})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
@@ -72,6 +81,8 @@ class GCLTrainer(Trainer):
 
     Each step embeds the batch as images, texts and fused pairs, computes the loss in float32 and logs every named
     term (`loss_i2t`, ..., `loss_it2t` for GCL) with the temperature. `args.use_lora` wraps the model with LoRA.
+    Under distributed training the loss scores local anchors against every process's batch
+    (`args.gather_across_devices`); `args.mini_batch_size` turns on GradCache.
     Without a `data_collator`, a [`GCLCollator`] over the `image` and `caption` columns is built from
     `processing_class`.
     """
@@ -103,7 +114,10 @@ class GCLTrainer(Trainer):
             pairs=getattr(args, "loss_pairs", None),
             weights=getattr(args, "loss_weights", None),
             exclude_other_positive=getattr(args, "exclude_other_positive", False),
+            gather_across_devices=getattr(args, "gather_across_devices", True),
         )
+        mini_batch_size = getattr(args, "mini_batch_size", None)
+        self.cached_loss = CachedLoss(self.loss_fn, mini_batch_size) if mini_batch_size else None
         self._term_sums: dict[str, torch.Tensor] = {}
         self._term_steps = 0
         self.skipped_samples = Counter()  # message -> count, over the whole run
@@ -116,13 +130,18 @@ class GCLTrainer(Trainer):
                 logger.warning("Skipped a bad sample: %s", message)
             self.skipped_samples.update(skipped)
             self._skipped_since_log += len(skipped)
-        outputs = model(
-            pixel_values=inputs["pixel_values"],
-            input_ids=inputs["input_ids"],
-            attention_mask=inputs.get("attention_mask"),
-        )
+        if self.cached_loss is not None and torch.is_grad_enabled():
+            loss, terms, outputs = self.cached_loss(model, inputs)
+        else:
+            outputs = model(
+                pixel_values=inputs["pixel_values"],
+                input_ids=inputs["input_ids"],
+                attention_mask=inputs.get("attention_mask"),
+            )
+            loss, terms = self.loss_fn(
+                outputs.image_embeds, outputs.text_embeds, outputs.fused_embeds, 1.0 / outputs.logit_scale
+            )
         temperature = 1.0 / outputs.logit_scale
-        loss, terms = self.loss_fn(outputs.image_embeds, outputs.text_embeds, outputs.fused_embeds, temperature)
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"Non-finite loss {loss.item()} at step {self.state.global_step} "

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .distributed import all_gather_with_grad, distributed_world
 from .gcl import _at_least_float32, _temperature_as_tensor
 
 
@@ -23,6 +24,7 @@ def clip_loss(
     image_embeds: torch.Tensor,
     text_embeds: torch.Tensor,
     temperature: float | torch.Tensor,
+    gather_across_devices: bool = False,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     r"""
     Symmetric InfoNCE: `(CE(S, diag) + CE(Sᵀ, diag)) / 2` with `S = E_i·E_tᵀ / τ`.
@@ -30,19 +32,28 @@ def clip_loss(
     Args:
         image_embeds, text_embeds (`torch.Tensor` of shape `(N, dim)`): L2-normalised, row `j` of each is pair `j`.
         temperature (`float` or scalar `torch.Tensor`): τ.
+        gather_across_devices (`bool`, defaults to `False`): under `torch.distributed`, score the local anchors against
+            the other modality of all processes (gathered with gradient).
 
     Returns:
         `(loss, {"loss_i2t": ..., "loss_t2i": ...})`, computed in float32 (float64 for float64 inputs).
     """
     if image_embeds.shape[0] != text_embeds.shape[0]:
         raise ValueError(f"clip_loss: {image_embeds.shape[0]} images for {text_embeds.shape[0]} texts.")
+    rank, world_size = distributed_world()
+    if gather_across_devices and world_size > 1:
+        all_images, all_texts = all_gather_with_grad(image_embeds), all_gather_with_grad(text_embeds)
+        offset = rank * image_embeds.shape[0]
+    else:
+        all_images, all_texts, offset = image_embeds, text_embeds, 0
     device = image_embeds.device
     with torch.autocast(device_type=device.type, enabled=False):
         image_embeds, text_embeds = _at_least_float32(image_embeds), _at_least_float32(text_embeds)
-        logits = image_embeds @ text_embeds.T / _temperature_as_tensor(temperature, image_embeds)
-        targets = torch.arange(logits.shape[0], device=device)
-        loss_i2t = F.cross_entropy(logits, targets)
-        loss_t2i = F.cross_entropy(logits.T, targets)
+        all_images, all_texts = _at_least_float32(all_images), _at_least_float32(all_texts)
+        temperature = _temperature_as_tensor(temperature, image_embeds)
+        targets = offset + torch.arange(image_embeds.shape[0], device=device)
+        loss_i2t = F.cross_entropy(image_embeds @ all_texts.T / temperature, targets)
+        loss_t2i = F.cross_entropy(text_embeds @ all_images.T / temperature, targets)
         loss = (loss_i2t + loss_t2i) / 2
     return loss, {"loss_i2t": loss_i2t.detach(), "loss_t2i": loss_t2i.detach()}
 
@@ -52,5 +63,9 @@ class CLIPLoss(nn.Module):
 
     name = "clip"
 
+    def __init__(self, gather_across_devices: bool = True):
+        super().__init__()
+        self.gather_across_devices = gather_across_devices
+
     def forward(self, image_embeds, text_embeds, fused_embeds, temperature):
-        return clip_loss(image_embeds, text_embeds, temperature)
+        return clip_loss(image_embeds, text_embeds, temperature, gather_across_devices=self.gather_across_devices)

@@ -25,6 +25,8 @@ from torch import nn
 
 from modeling_gcl.configuration_gcl import ALL_LOSS_PAIRS, MODALITIES, split_pair
 
+from .distributed import all_gather_with_grad, distributed_world
+
 
 def _at_least_float32(embeds: torch.Tensor) -> torch.Tensor:
     """Upcast half precision to float32; keep float32 and float64 as they are."""
@@ -61,6 +63,7 @@ def gcl_loss(
     pairs: Sequence[str] | None = None,
     weights: Sequence[float] | None = None,
     exclude_other_positive: bool = False,
+    gather_across_devices: bool = False,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     r"""
     The GCL loss of one batch of pairs.
@@ -78,40 +81,85 @@ def gcl_loss(
         exclude_other_positive (`bool`, *optional*, defaults to `False`):
             Drop the anchor's other positive (the third modality of the same sample) from each term's denominator.
             Eq. 2 keeps it.
+        gather_across_devices (`bool`, *optional*, defaults to `False`):
+            Under `torch.distributed`, score the local anchors against the candidates of all W processes
+            (3·W·N − 1 negatives and positives per anchor; memory `3N × 3WN`, linear in W). A no-op in one process.
 
     Returns:
-        `(loss, terms)`: the scalar loss (float32, or float64 for float64 inputs) and `{"loss_i2t": ..., ...}`, each term the mean over the N anchors
-        of −log p at its positive (detached).
+        `(loss, terms)`: the scalar loss (float32, or float64 for float64 inputs) and `{"loss_i2t": ..., ...}`, each
+        term the mean over the N local anchors of −log p at its positive (detached).
     """
-    pairs, weights = _resolve_pairs(pairs, weights)
     num_pairs = image_embeds.shape[0]
     if not (text_embeds.shape[0] == fused_embeds.shape[0] == num_pairs):
         raise ValueError(
             f"gcl_loss: batch sizes differ: image {image_embeds.shape[0]}, text {text_embeds.shape[0]}, "
             f"fused {fused_embeds.shape[0]}."
         )
-    device = image_embeds.device
+    anchors = (image_embeds, text_embeds, fused_embeds)
+    rank, world_size = distributed_world()
+    if gather_across_devices and world_size > 1:
+        candidates = tuple(all_gather_with_grad(embeds) for embeds in anchors)
+        offset = rank * num_pairs
+    else:
+        candidates, offset = anchors, 0
+    return gcl_loss_from_candidates(
+        anchors, candidates, offset, temperature, pairs=pairs, weights=weights,
+        exclude_other_positive=exclude_other_positive,
+    )
+
+
+def gcl_loss_from_candidates(
+    anchors: Sequence[torch.Tensor],
+    candidates: Sequence[torch.Tensor],
+    offset: int,
+    temperature: float | torch.Tensor,
+    pairs: Sequence[str] | None = None,
+    weights: Sequence[float] | None = None,
+    exclude_other_positive: bool = False,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    r"""
+    GCL of local anchors against a (possibly larger) candidate set that contains them.
+
+    Args:
+        anchors: `(E_i, E_t, E_it)`, each `(B, dim)`: the anchors of this process.
+        candidates: `(C_i, C_t, C_it)`, each `(M, dim)`, with `C_m[offset + j] = E_m[j]` (M = W·B when gathered).
+        offset (`int`): where this process's rows start in the candidates (`rank · B`).
+
+    The logits are `[E_i; E_t; E_it] · [C_i; C_t; C_it]ᵀ / τ` (3B × 3M). Row `(a, j)` masks its own column
+    `a·M + offset + j`; its positive for pair `a2b` is column `b·M + offset + j`.
+    """
+    pairs, weights = _resolve_pairs(pairs, weights)
+    num_anchors, num_candidates = anchors[0].shape[0], candidates[0].shape[0]
+    device = anchors[0].device
     # Logits and softmax in float32 even under bf16/fp16 autocast: τ = 0.01–0.05 overflows half precision.
     with torch.autocast(device_type=device.type, enabled=False):
-        stacked = _at_least_float32(torch.cat([image_embeds, text_embeds, fused_embeds]))  # (3N, dim)
-        logits = stacked @ stacked.T / _temperature_as_tensor(temperature, stacked)  # (3N, 3N)
-        self_mask = torch.eye(3 * num_pairs, dtype=torch.bool, device=device)
+        anchor_matrix = _at_least_float32(torch.cat(list(anchors)))  # (3B, dim)
+        candidate_matrix = _at_least_float32(torch.cat(list(candidates)))  # (3M, dim)
+        logits = anchor_matrix @ candidate_matrix.T / _temperature_as_tensor(temperature, anchor_matrix)
+
+        sample = torch.arange(num_anchors, device=device)
+
+        def columns(modality: int) -> torch.Tensor:  # the column of sample j of `modality`, for every local j
+            return modality * num_candidates + offset + sample
+
+        self_mask = torch.zeros_like(logits, dtype=torch.bool)
+        for m in range(3):
+            self_mask[m * num_anchors + sample, columns(m)] = True
         logits = logits.masked_fill(self_mask, float("-inf"))
         log_probs = None if exclude_other_positive else logits.log_softmax(dim=1)
 
-        sample = torch.arange(num_pairs, device=device)
         terms = {}
         for name in pairs:
             anchor, positive = split_pair(name)
             a, b = MODALITIES.index(anchor), MODALITIES.index(positive)
-            rows, cols = a * num_pairs + sample, b * num_pairs + sample
+            rows = a * num_anchors + sample
             if exclude_other_positive:
                 other = 3 - a - b  # the remaining modality index
                 row_logits = logits[rows].clone()
-                row_logits[sample, other * num_pairs + sample] = float("-inf")
-                term = -(row_logits[sample, cols] - row_logits.logsumexp(dim=1)).mean()
+                row_logits[sample, columns(other)] = float("-inf")
+                term = -(row_logits[sample, columns(b)] - row_logits.logsumexp(dim=1)).mean()
             else:
-                term = -log_probs[rows, cols].mean()
+                term = -log_probs[rows, columns(b)].mean()
             terms[f"loss_{name}"] = term
 
         loss = sum(w * terms[f"loss_{name}"] for name, w in zip(pairs, weights)) / sum(weights)
@@ -128,10 +176,12 @@ class GCLLoss(nn.Module):
         pairs: Sequence[str] | None = None,
         weights: Sequence[float] | None = None,
         exclude_other_positive: bool = False,
+        gather_across_devices: bool = True,
     ):
         super().__init__()
         self.pairs, self.weights = _resolve_pairs(pairs, weights)
         self.exclude_other_positive = exclude_other_positive
+        self.gather_across_devices = gather_across_devices
 
     def forward(self, image_embeds, text_embeds, fused_embeds, temperature):
         return gcl_loss(
@@ -142,7 +192,11 @@ class GCLLoss(nn.Module):
             pairs=self.pairs,
             weights=self.weights,
             exclude_other_positive=self.exclude_other_positive,
+            gather_across_devices=self.gather_across_devices,
         )
 
     def extra_repr(self) -> str:
-        return f"pairs={self.pairs}, weights={self.weights}, exclude_other_positive={self.exclude_other_positive}"
+        return (
+            f"pairs={self.pairs}, weights={self.weights}, exclude_other_positive={self.exclude_other_positive}, "
+            f"gather_across_devices={self.gather_across_devices}"
+        )

@@ -1,0 +1,90 @@
+"""Cross-device negatives: 2 processes (gloo, CPU) under DDP equal one process on the concatenated batch."""
+
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from modeling_gcl import GCLModel, GCLProcessor
+from trainer import GCLCollator
+from trainer.data import BUNDLED_TINY_CLIP_DIR, load_image_caption_dataset
+from trainer.losses import CachedLoss, CLIPLoss, GCLLoss
+
+from .conftest import make_small_clip
+
+WORLD_SIZE, PER_DEVICE = 2, 4
+MODES = {
+    "gcl": lambda: GCLLoss(gather_across_devices=True),
+    "gcl_subset": lambda: GCLLoss(pairs=["i2t", "t2it", "it2i"], weights=[1, 2, 3], exclude_other_positive=True,
+                                  gather_across_devices=True),
+    "clip": lambda: CLIPLoss(gather_across_devices=True),
+}
+
+
+def full_batch() -> dict:
+    processor = GCLProcessor.from_backbone(str(BUNDLED_TINY_CLIP_DIR))
+    processor.image_processor.size = {"shortest_edge": 32}
+    processor.image_processor.crop_size = {"height": 32, "width": 32}
+    dataset = load_image_caption_dataset()
+    return GCLCollator(processor)([dataset[i] for i in range(WORLD_SIZE * PER_DEVICE)])
+
+
+def loss_and_grads(model, batch, make_loss, cached: bool):
+    model.zero_grad(set_to_none=True)
+    if cached:
+        loss, _, _ = CachedLoss(make_loss(), mini_batch_size=3)(model, batch)
+    else:
+        out = model(**batch)
+        loss, _ = make_loss()(out.image_embeds, out.text_embeds, out.fused_embeds, 1 / out.logit_scale)
+    loss.backward()
+    module = model.module if hasattr(model, "module") else model
+    return loss.detach(), {name: p.grad.clone() for name, p in module.named_parameters() if p.grad is not None}
+
+
+def _worker(rank: int, store: str, out_path: str):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD_SIZE)
+    try:
+        batch = {k: v[rank * PER_DEVICE : (rank + 1) * PER_DEVICE] for k, v in full_batch().items()}
+        model = GCLModel.from_backbone(make_small_clip(seed=0)).train()
+        ddp = torch.nn.parallel.DistributedDataParallel(model, broadcast_buffers=False, find_unused_parameters=False)
+        results = {}
+        for mode, make_loss in MODES.items():
+            for cached in (False, True):
+                loss, grads = loss_and_grads(ddp, batch, make_loss, cached)
+                dist.all_reduce(loss)  # the concatenated batch's loss is the mean of the local ones
+                results[(mode, cached)] = (loss / WORLD_SIZE, grads)
+        if rank == 0:
+            torch.save(results, out_path)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def two_process_results(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ddp")
+    mp.spawn(_worker, args=(str(folder / "store"), str(folder / "results.pt")), nprocs=WORLD_SIZE, join=True)
+    return torch.load(folder / "results.pt", weights_only=True)
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("cached", [False, True], ids=["uncached", "cached"])
+def test_two_processes_equal_one_process_on_the_concatenated_batch(two_process_results, mode, cached):
+    model = GCLModel.from_backbone(make_small_clip(seed=0)).train()
+    expected_loss, expected_grads = loss_and_grads(model, full_batch(), MODES[mode], cached=False)
+    loss, grads = two_process_results[(mode, cached)]
+    assert loss.item() == pytest.approx(expected_loss.item(), abs=1e-5)
+    assert grads.keys() == expected_grads.keys()
+    for name, grad in expected_grads.items():
+        torch.testing.assert_close(grads[name], grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_without_distributed_gathering_is_a_no_op(sample_batch):
+    model = GCLModel.from_backbone(make_small_clip()).eval()
+    with torch.no_grad():
+        out = model(**sample_batch)
+    gathered, _ = GCLLoss(gather_across_devices=True)(out.image_embeds, out.text_embeds, out.fused_embeds, 0.05)
+    local, _ = GCLLoss(gather_across_devices=False)(out.image_embeds, out.text_embeds, out.fused_embeds, 0.05)
+    assert gathered.item() == local.item()
