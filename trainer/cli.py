@@ -77,6 +77,10 @@ class DataArguments:
         metadata={"help": "Pairs held out to report retrieval hit@k before and after training (0: none)."},
     )
     max_caption_length: int | None = field(default=None, metadata={"help": "Truncate captions to this many tokens."})
+    streaming: bool = field(
+        default=False,
+        metadata={"help": "Read the data lazily as a stream (datasets.IterableDataset); needs --max_steps."},
+    )
 
 
 def _to_argv(config: dict) -> list[str]:
@@ -156,11 +160,18 @@ def run(argv: list[str] | None = None) -> dict:
     dataset = load_image_caption_dataset(
         data_args.train_data, data_args.image_column, data_args.caption_column,
         split=data_args.dataset_split, dataset_config_name=data_args.dataset_config_name,
+        streaming=data_args.streaming,
     )
+    if data_args.streaming and training_args.max_steps <= 0:
+        raise SystemExit("gcl-train: --streaming needs --max_steps (a stream has no length).")
     train_set, holdout = split_holdout(dataset, data_args.eval_holdout, training_args.seed)
     if data_args.max_train_samples is not None:
-        train_set = train_set.select(range(min(data_args.max_train_samples, len(train_set))))
-    print(f"gcl-train: {len(train_set)} training pairs, {0 if holdout is None else len(holdout)} held out.", flush=True)
+        train_set = (
+            train_set.take(data_args.max_train_samples) if data_args.streaming
+            else train_set.select(range(min(data_args.max_train_samples, len(train_set))))
+        )
+    size = "a stream of" if data_args.streaming else len(train_set)
+    print(f"gcl-train: {size} training pairs, {0 if holdout is None else len(holdout)} held out.", flush=True)
 
     model, processor = load_model_and_processor(
         model_args.model_name_or_path, fusion=model_args.fusion, temperature=model_args.temperature,

@@ -35,9 +35,7 @@ def _load_jsonl_pairs(path: Path, image_column: str) -> datasets.Dataset:
                 raise DataError(f"{path}:{line_number}: not valid JSON ({error.msg}).") from None
             if not isinstance(row, dict):
                 raise DataError(f"{path}:{line_number}: expected a JSON object, got {type(row).__name__}.")
-            image = row.get(image_column)
-            if isinstance(image, str) and not os.path.isabs(image):
-                row[image_column] = str(path.parent / image)
+            row[image_column] = _resolve_path(row.get(image_column), str(path.parent))
             rows.append(row)
     if not rows:
         raise DataError(f"{path}: no rows.")
@@ -67,6 +65,8 @@ def load_image_caption_dataset(
         image_column, caption_column (`str`): column names. An `imagefolder`'s `file_name` becomes `image`.
         split (`str`): the split to read.
         dataset_config_name (`str`, *optional*): the Hub dataset's configuration.
+        streaming (`bool`, defaults to `False`): return a `datasets.IterableDataset` that reads rows (and images)
+            lazily, for data that does not fit in memory or on disk; train it with `max_steps`.
 
     Returns:
         A `datasets.Dataset` whose image column is left undecoded (`{"bytes", "path"}` or a path string), so the
@@ -78,7 +78,11 @@ def load_image_caption_dataset(
     if path.is_dir():
         if not any((path / name).exists() for name in ("metadata.jsonl", "metadata.csv", "metadata.parquet")):
             raise DataError(f"{path}: an imagefolder needs a metadata.jsonl (or .csv) with file_name and caption.")
-        dataset = datasets.load_dataset("imagefolder", data_dir=str(path), split=split)
+        dataset = datasets.load_dataset("imagefolder", data_dir=str(path), split=split, streaming=streaming)
+    elif path.suffix == ".jsonl" and path.is_file() and streaming:
+        dataset = datasets.load_dataset("json", data_files=str(path), split="train", streaming=True)
+        folder = str(path.parent)
+        dataset = dataset.map(lambda row: {image_column: _resolve_path(row.get(image_column), folder)})
     elif path.suffix == ".jsonl" and path.is_file():
         dataset = _load_jsonl_pairs(path, image_column)
     elif path.suffix in (".jsonl", ".json", ".csv") or str(train_data).startswith((".", "/", "~")):
@@ -89,14 +93,22 @@ def load_image_caption_dataset(
 
     columns = dataset.column_names or list(dataset.features or {})
     missing = [name for name in (image_column, caption_column) if name not in columns]
-    if missing:
+    if missing and columns:  # a stream may not know its columns before reading; the collator then names the row
         raise DataError(
             f"{train_data}: missing column(s) {missing}; the data has {columns}. "
             "Set --image_column / --caption_column."
         )
-    if isinstance(dataset.features.get(image_column), datasets.Image):
+    if isinstance((dataset.features or {}).get(image_column), datasets.Image):
         dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
+    if streaming:  # rows of a stream carry their position, so the collator can name a bad one
+        dataset = dataset.map(lambda _, index: {ROW_INDEX_KEY: index}, with_indices=True)
     return dataset
+
+
+def _resolve_path(image, folder: str):
+    if isinstance(image, str) and not os.path.isabs(image):
+        return os.path.join(folder, image)
+    return image
 
 
 class RowIndexedDataset(TorchDataset):
@@ -118,10 +130,16 @@ class RowIndexedDataset(TorchDataset):
         return getattr(self.dataset, name)
 
 
-def split_holdout(dataset: datasets.Dataset, holdout: int, seed: int) -> tuple[datasets.Dataset, datasets.Dataset | None]:
-    """Split off `holdout` pairs (shuffled with `seed`) for before/after retrieval evaluation."""
+def split_holdout(dataset, holdout: int, seed: int) -> tuple:
+    """Split off `holdout` pairs (shuffled with `seed`) for before/after retrieval evaluation. A stream gives its first
+    `holdout` rows (in memory) and trains on the rest."""
     if holdout <= 0:
         return dataset, None
+    if isinstance(dataset, datasets.IterableDataset):
+        held = datasets.Dataset.from_list(list(dataset.take(holdout)))
+        if len(held) < holdout:
+            raise DataError(f"eval_holdout={holdout} leaves no training data (the stream has {len(held)} rows).")
+        return dataset.skip(holdout), held
     if holdout >= len(dataset):
         raise DataError(f"eval_holdout={holdout} leaves no training data ({len(dataset)} pairs).")
     parts = dataset.train_test_split(test_size=holdout, seed=seed, shuffle=True)

@@ -7,7 +7,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
-from torch.utils.data import IterableDataset
+from torch.utils.data import DataLoader, IterableDataset
 from transformers import Trainer, TrainingArguments
 
 from modeling_gcl import ALL_LOSS_PAIRS
@@ -16,6 +16,7 @@ from .collator import SKIPPED_SAMPLES_KEY, GCLCollator
 from .data import RowIndexedDataset
 from .losses import LOSSES, CachedLoss, build_loss
 from .lora import apply_lora, save_extra_trainables
+from .samplers import UniqueGroupBatchSampler
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +57,11 @@ class GCLTrainingArguments(TrainingArguments):
     gather_across_devices: bool = field(
         default=True,
         metadata={"help": "Under distributed training, use every process's batch as negatives (gathered with grad)."},
+    )
+    batch_unique_column: str | None = field(
+        default=None,
+        metadata={"help": "A column (e.g. image_id) whose value appears at most once per batch, so duplicates of an "
+                          "image or caption never serve as each other's negatives."},
     )
     mini_batch_size: int | None = field(
         default=None,
@@ -122,6 +128,33 @@ class GCLTrainer(Trainer):
         self._term_steps = 0
         self.skipped_samples = Counter()  # message -> count, over the whole run
         self._skipped_since_log = 0
+
+    def get_train_dataloader(self) -> DataLoader:
+        column = getattr(self.args, "batch_unique_column", None)
+        if column is None:
+            return super().get_train_dataloader()
+        dataset = self.train_dataset
+        if not isinstance(dataset, RowIndexedDataset):
+            raise ValueError("batch_unique_column needs a map-style training dataset (not an IterableDataset).")
+        rows = dataset.dataset
+        if hasattr(rows, "column_names"):
+            if column not in rows.column_names:
+                raise ValueError(f"batch_unique_column={column!r} is not a column of the data: {rows.column_names}.")
+            group_ids = rows[column]
+        else:
+            group_ids = [row[column] for row in rows]
+        sampler = UniqueGroupBatchSampler(
+            group_ids, self._train_batch_size, drop_last=self.args.dataloader_drop_last, seed=self.args.seed
+        )
+        loader = DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            collate_fn=self.data_collator,
+            num_workers=self.args.dataloader_num_workers,
+            pin_memory=self.args.dataloader_pin_memory,
+            persistent_workers=self.args.dataloader_persistent_workers and self.args.dataloader_num_workers > 0,
+        )
+        return self.accelerator.prepare(loader)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         skipped = inputs.pop(SKIPPED_SAMPLES_KEY, None)
