@@ -95,3 +95,14 @@ def test_console_script_help():
                  "--use_lora", "--output_dir", "--max_steps", "--per_device_train_batch_size", "--learning_rate",
                  "--seed", "--skip_bad_samples", "--loss_pairs"):
         assert flag in result.stdout, flag
+
+
+def test_example_recipes_parse():
+    from pathlib import Path
+
+    recipes = sorted((Path(__file__).resolve().parents[1] / "examples").glob("recipe_*.yaml"))
+    assert recipes
+    for recipe in recipes:
+        # bf16 needs a GPU; this machine may have none, so the test overrides it (flags after the file win)
+        model_args, data_args, args, _ = parse_arguments([str(recipe), "--bf16", "false"])
+        assert model_args.model_name_or_path and args.loss in ("gcl", "clip")
