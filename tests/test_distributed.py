@@ -88,3 +88,38 @@ def test_without_distributed_gathering_is_a_no_op(sample_batch):
     gathered, _ = GCLLoss(gather_across_devices=True)(out.image_embeds, out.text_embeds, out.fused_embeds, 0.05)
     local, _ = GCLLoss(gather_across_devices=False)(out.image_embeds, out.text_embeds, out.fused_embeds, 0.05)
     assert gathered.item() == local.item()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_gcl_train_runs_under_torchrun_with_two_processes(tmp_path):
+    """GCLTrainer under real multi-process training (torchrun, gloo on CPU): gathered negatives, GradCache, drop_last
+    and the DDP defaults together; the saved model loads."""
+    import json
+    import subprocess
+    import sys
+
+    from transformers import AutoModel
+
+    out = tmp_path / "ddp"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+        "--master_port", str(_free_port()), "-m", "trainer.cli",
+        "--max_steps", "2", "--per_device_train_batch_size", "8", "--mini_batch_size", "4", "--use_cpu", "true",
+        "--eval_holdout", "0", "--output_dir", str(out), "--save_strategy", "no", "--disable_tqdm", "true",
+        "--logging_steps", "1", "--report_to", "none",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    record = json.loads((out / "retrieval_holdout.json").read_text())
+    assert record["train"]["train_loss"] > 0
+    assert "'loss_it2t'" in result.stdout or "loss_it2t" in result.stdout
+    assert AutoModel.from_pretrained(out).config.model_type == "gcl"
