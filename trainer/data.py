@@ -35,7 +35,8 @@ def _load_jsonl_pairs(path: Path, image_column: str) -> datasets.Dataset:
                 raise DataError(f"{path}:{line_number}: not valid JSON ({error.msg}).") from None
             if not isinstance(row, dict):
                 raise DataError(f"{path}:{line_number}: expected a JSON object, got {type(row).__name__}.")
-            row[image_column] = _resolve_path(row.get(image_column), str(path.parent))
+            if image_column in row:  # a missing column is reported below, for the whole file
+                row[image_column] = _resolve_path(row[image_column], str(path.parent))
             rows.append(row)
     if not rows:
         raise DataError(f"{path}: no rows.")
