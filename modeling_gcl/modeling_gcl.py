@@ -44,6 +44,11 @@ class GCLOutput(ModelOutput):
         `1 / τ`: the exponentiated, clamped logit scale that multiplies cosine similarities.
     loss_terms (`dict[str, torch.FloatTensor]`, *optional*, returned when `return_loss=True`):
         The named, detached loss terms (`loss_i2t`, `loss_i2it`, ... for GCL) for logging.
+    logits_per_image (`torch.FloatTensor` of shape `(image_batch_size, text_batch_size)`, *optional*):
+        `logit_scale ·` cosine similarity of every image with every text, as CLIP returns it; present when both
+        `pixel_values` and `input_ids` are given. The zero-shot-image-classification pipeline reads it.
+    logits_per_text (`torch.FloatTensor` of shape `(text_batch_size, image_batch_size)`, *optional*):
+        The transpose of `logits_per_image`.
     """
 
     loss: torch.FloatTensor | None = None
@@ -52,6 +57,9 @@ class GCLOutput(ModelOutput):
     fused_embeds: torch.FloatTensor | None = None
     logit_scale: torch.FloatTensor | None = None
     loss_terms: dict[str, torch.FloatTensor] | None = None
+    # Last, so the tuple positions of the fields above stay as they were.
+    logits_per_image: torch.FloatTensor | None = None
+    logits_per_text: torch.FloatTensor | None = None
 
 
 class GCLScoreFusion(nn.Module):
@@ -246,7 +254,9 @@ class GCLModel(GCLPreTrainedModel):
         pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, height, width)`, *optional*):
             Images, as prepared by [`GCLProcessor`].
         input_ids (`torch.LongTensor` of shape `(batch_size, seq_len)`, *optional*):
-            Token ids of the texts. When both inputs are given, row `j` of each forms the pair `j`.
+            Token ids of the texts. When both inputs are given with the same batch size, row `j` of each forms the
+            fused pair `j`; with different batch sizes (e.g. one image and several candidate labels) no fused
+            embeddings are computed, only the image–text logits.
         attention_mask (`torch.Tensor` of shape `(batch_size, seq_len)`, *optional*):
             1 for tokens, 0 for padding.
         return_loss (`bool`, *optional*):
@@ -260,14 +270,22 @@ class GCLModel(GCLPreTrainedModel):
         if input_ids is not None:
             text_features = self.get_text_features(input_ids, attention_mask, position_ids, normalize=False)
             text_embeds = l2_normalize(text_features)
-        if image_features is not None and text_features is not None:
-            fused_embeds = l2_normalize(self.fusion(image_features, text_features))
         logit_scale = self.get_logit_scale()
+        logits_per_image = logits_per_text = None
+        if image_embeds is not None and text_embeds is not None:
+            # CLIP-style image–text logits, so zero-shot classification pipelines work on a GCL model.
+            logits_per_text = logit_scale * text_embeds @ image_embeds.t()
+            logits_per_image = logits_per_text.t()
+            # Fusion pairs row j with row j; broadcasting one image over many texts would silently mis-pair them.
+            if image_features.shape[0] == text_features.shape[0]:
+                fused_embeds = l2_normalize(self.fusion(image_features, text_features))
 
         loss = loss_terms = None
         if return_loss:
             if fused_embeds is None:
-                raise ValueError("return_loss=True needs both pixel_values and input_ids (a batch of pairs).")
+                raise ValueError(
+                    "return_loss=True needs both pixel_values and input_ids with the same batch size (a batch of pairs)."
+                )
             try:
                 from trainer.losses.gcl import gcl_loss
             except ImportError as error:  # remote code used without the library
@@ -291,6 +309,8 @@ class GCLModel(GCLPreTrainedModel):
             fused_embeds=fused_embeds,
             logit_scale=logit_scale,
             loss_terms=loss_terms,
+            logits_per_image=logits_per_image,
+            logits_per_text=logits_per_text,
         )
 
 
