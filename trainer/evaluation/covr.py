@@ -1,0 +1,103 @@
+# Copyright 2026 The GCL-HF authors. Apache-2.0.
+"""CoVR (composed video retrieval, WebVid-CoVR, Ventura et al. 2024).
+
+Reads the annotation CSV (`pth1` source video, `pth2` target video, `edit` modification text, `txt1`/`txt2`
+captions; other columns ignored) and, per video, a folder `frames_dir/{pth}/` of frame images (extracted beforehand,
+e.g. with ffmpeg; sorted by file name; `max_frames` evenly spaced ones are used).
+
+Query = the model's fusion of the source video and the edit text: the fused pooling of the mean of the source
+frames' unnormalised image projections with the text projection (one frame = the model's fused embedding). Candidates =
+the distinct target videos of the file; a video's embedding is the mean of its frames' image embeddings. Each query
+has one relevant candidate, so recall@k = hit@k ("R@k" in CoVR's tables).
+"""
+
+import csv
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from .encoding import EmbeddingCache, GCLEmbedder, RetrievalItem, encode_items, evaluation_mode
+from .files import EvaluationDataError
+from .metrics import metrics_from_positive_ranks
+from .search import positive_ranks
+
+DEFAULT_COVR_METRICS = ("recall@1", "recall@5", "recall@10", "recall@50")
+REQUIRED_COLUMNS = ("pth1", "pth2", "edit")
+FRAME_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+
+
+def video_frames(frames_dir: Path, video: str, max_frames: int | None, where: str) -> tuple[str, ...]:
+    """The frame files of `video`, evenly subsampled to at most `max_frames`."""
+    folder = frames_dir / video
+    if not folder.is_dir():
+        raise EvaluationDataError(f"{where}: no frame folder {folder} for video {video!r}.")
+    frames = sorted(str(p) for p in folder.iterdir() if p.suffix.lower() in FRAME_SUFFIXES)
+    if not frames:
+        raise EvaluationDataError(f"{where}: frame folder {folder} has no images ({', '.join(FRAME_SUFFIXES)}).")
+    if max_frames is not None and len(frames) > max_frames:
+        step = len(frames) / max_frames
+        frames = [frames[int(step * i + step / 2)] for i in range(max_frames)]  # centres of equal segments
+    return tuple(frames)
+
+
+class CoVREvaluator:
+    r"""
+    Args:
+        annotation_file (`str`): the CoVR CSV.
+        frames_dir (`str`, *optional*): folder of per-video frame folders (default: `frames/` beside the CSV).
+        max_frames (`int`, *optional*): frames per video (default: all).
+        metrics, batch_size, cache_dir, show_progress: as in [`MBEIREvaluator`].
+    """
+
+    def __init__(self, annotation_file: str | os.PathLike, frames_dir: str | os.PathLike | None = None,
+                 max_frames: int | None = None, metrics: Sequence[str] = DEFAULT_COVR_METRICS, batch_size: int = 32,
+                 cache_dir: str | os.PathLike | None = None, show_progress: bool = True, name: str = "covr"):
+        self.annotation_file = Path(annotation_file)
+        if not self.annotation_file.is_file():
+            raise EvaluationDataError(f"{self.annotation_file}: no such annotation file.")
+        self.frames_dir = Path(frames_dir) if frames_dir else self.annotation_file.parent / "frames"
+        self.max_frames = max_frames
+        self.metrics = tuple(metrics)
+        self.batch_size, self.show_progress, self.name = batch_size, show_progress, name
+        self.cache = EmbeddingCache(cache_dir) if cache_dir else None
+        self.queries, self.targets, self.positives = self._read()
+
+    def _read(self) -> tuple[list[RetrievalItem], list[RetrievalItem], torch.Tensor]:
+        queries, targets, target_index, positives = [], [], {}, []
+        with open(self.annotation_file, encoding="utf-8", newline="") as handle:
+            reader = csv.DictReader(handle)
+            missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
+            if missing:
+                raise EvaluationDataError(f"{self.annotation_file}: missing column(s) {missing}; has {reader.fieldnames}.")
+            for line, row in enumerate(reader, start=2):  # line 1 is the header
+                where = f"{self.annotation_file}:{line}"
+                edit = (row["edit"] or "").strip()
+                if not edit:
+                    raise EvaluationDataError(f"{where}: empty edit text.")
+                source, target = (row["pth1"] or "").strip(), (row["pth2"] or "").strip()
+                if not source or not target:
+                    raise EvaluationDataError(f"{where}: empty pth1 or pth2.")
+                frames = video_frames(self.frames_dir, source, self.max_frames, where)
+                queries.append(RetrievalItem(text=edit, image=frames, source=where))
+                if target not in target_index:
+                    target_index[target] = len(targets)
+                    targets.append(RetrievalItem(image=video_frames(self.frames_dir, target, self.max_frames, where),
+                                                 source=where))
+                positives.append(target_index[target])
+        if not queries:
+            raise EvaluationDataError(f"{self.annotation_file}: no annotation rows.")
+        return queries, targets, torch.tensor(positives)
+
+    def __call__(self, model=None, processor=None, embedder=None) -> dict:
+        """Returns `{"results": {"covr": {"recall@1": ...}}, "num_queries", "num_targets"}`."""
+        embedder = embedder if embedder is not None else GCLEmbedder(model, processor)
+        with evaluation_mode(getattr(embedder, "model", None)):
+            queries = encode_items(embedder, self.queries, self.batch_size, "Encoding CoVR queries", self.show_progress,
+                                   self.cache)
+            targets = encode_items(embedder, self.targets, self.batch_size, "Encoding CoVR target videos",
+                                   self.show_progress, self.cache)
+        ranks = positive_ranks(queries, targets, self.positives)
+        return {"results": {"covr": metrics_from_positive_ranks(ranks, self.metrics)},
+                "num_queries": len(self.queries), "num_targets": len(self.targets)}

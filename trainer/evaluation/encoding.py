@@ -1,0 +1,298 @@
+# Copyright 2026 The GCL-HF authors. Apache-2.0.
+"""Batched encoding of retrieval items of any modality, with an on-disk embedding cache.
+
+An item is text only (`t`), image only (`i`) or both (`it`, fused with the model's fusion). An item's image may also
+be a tuple of frames (a video): its image embedding is the mean of the frames' embeddings, and its fused embedding
+fuses the mean of the frames' unnormalised projections with the text (so a one-frame video is exactly the image).
+
+The model side is an *embedder*: three methods returning unnormalised features plus a fingerprint. `GCLEmbedder`
+wraps a `GCLModel` and its processor; tests use a stub whose vectors are chosen by hand.
+"""
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import PIL.Image
+import torch
+from tqdm.auto import tqdm
+
+from modeling_gcl.modeling_gcl import l2_normalize
+
+from ..collator import BadSampleError, load_rgb_image
+
+logger = logging.getLogger(__name__)
+
+MODALITIES = ("i", "t", "it")
+
+
+@dataclass(frozen=True)
+class RetrievalItem:
+    """A query or candidate. `image`: a path (resolved), bytes, a `datasets` image dict, a PIL image, or a tuple of
+    frame paths; `source` names where it came from (`file:line`) for error messages."""
+
+    text: str | None = None
+    image: object = None
+    source: str | None = None
+
+    @property
+    def modality(self) -> str:
+        if self.image is not None and self.text is not None:
+            return "it"
+        if self.image is not None:
+            return "i"
+        if self.text is not None:
+            return "t"
+        raise ValueError(f"{self.source or 'an item'}: has neither text nor image.")
+
+    @property
+    def frames(self) -> tuple:
+        """The item's images as a tuple (one entry for a still image)."""
+        if self.image is None:
+            return ()
+        return tuple(self.image) if isinstance(self.image, (tuple, list)) else (self.image,)
+
+
+class GCLEmbedder:
+    r"""
+    Unnormalised image, text and fused features of a [`GCLModel`] (or a peft model wrapping one).
+
+    Args:
+        model: the model; put in eval mode while encoding (see `evaluation_mode`).
+        processor ([`GCLProcessor`]): its processor.
+        device: where to run (default: the model's device).
+        max_length (`int`, *optional*): truncate texts to this many tokens (default: the tokenizer's maximum).
+    """
+
+    def __init__(self, model, processor, device: torch.device | str | None = None, max_length: int | None = None):
+        self.model = model
+        self.processor = processor
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.max_length = max_length or getattr(processor, "max_text_length", None)
+        self._fingerprint = None
+
+    def image_features(self, images: Sequence) -> torch.Tensor:
+        """Images (paths, bytes, PIL, ...) -> `(batch, dim)`. A missing or unreadable file raises, naming it."""
+        pixels = self.processor.image_processor([load_rgb_image(image) for image in images], return_tensors="pt")
+        return self.model.get_image_features(pixels["pixel_values"].to(self.device), normalize=False).float()
+
+    def text_features(self, texts: Sequence[str]) -> torch.Tensor:
+        """Texts -> `(batch, dim)`."""
+        tokens = self.processor.tokenizer(
+            list(texts), padding=True, truncation=self.max_length is not None, max_length=self.max_length,
+            return_tensors="pt",
+        )
+        return self.model.get_text_features(
+            tokens["input_ids"].to(self.device), tokens["attention_mask"].to(self.device), normalize=False
+        ).float()
+
+    def fuse(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+        """The model's fused pooling of `(batch, dim)` image and text features (unnormalised)."""
+        return self.model.fusion(image_features, text_features).float()
+
+    @property
+    def fingerprint(self) -> str:
+        """Changes whenever the weights, the fusion or the preprocessing change (hashes every parameter)."""
+        if self._fingerprint is None:
+            digest = hashlib.blake2b(digest_size=16)
+            config = getattr(self.model, "config", None)
+            digest.update(config.to_json_string().encode() if hasattr(config, "to_json_string") else b"")
+            for name, tensor in sorted(self.model.state_dict().items()):
+                digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+                digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+            digest.update(json.dumps(self.processor.image_processor.to_dict(), sort_keys=True, default=str).encode())
+            digest.update(f"{type(self.processor.tokenizer).__name__}:{len(self.processor.tokenizer)}".encode())
+            digest.update(f"max_length={self.max_length}".encode())
+            self._fingerprint = digest.hexdigest()
+        return self._fingerprint
+
+
+@contextmanager
+def evaluation_mode(model):
+    """Eval mode and no autograd while encoding; restores the training mode after."""
+    was_training = getattr(model, "training", False)
+    if hasattr(model, "eval"):
+        model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        if hasattr(model, "train"):
+            model.train(was_training)
+
+
+def _image_fingerprint(image) -> str:
+    """A cheap identity of an image reference: path + size + mtime, or a hash of its bytes."""
+    if isinstance(image, (tuple, list)):
+        return "[" + ",".join(_image_fingerprint(frame) for frame in image) + "]"
+    if isinstance(image, dict):
+        if image.get("bytes") is not None:
+            return hashlib.blake2b(image["bytes"], digest_size=16).hexdigest()
+        image = image.get("path")
+    if isinstance(image, (bytes, bytearray)):
+        return hashlib.blake2b(image, digest_size=16).hexdigest()
+    if isinstance(image, PIL.Image.Image):
+        return hashlib.blake2b(image.tobytes(), digest_size=16).hexdigest()
+    path = str(image)
+    try:
+        stat = os.stat(path)
+        return f"{path}:{stat.st_size}:{stat.st_mtime_ns}"
+    except OSError:
+        return path
+
+
+def items_fingerprint(items: Sequence[RetrievalItem]) -> str:
+    """A hash of the items' texts and images (by path, size and modification time)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for item in items:
+        digest.update(json.dumps([item.text, _image_fingerprint(item.image) if item.image is not None else None]).encode())
+    return digest.hexdigest()
+
+
+class EmbeddingCache:
+    """Embeddings on disk, one `.pt` file per (model fingerprint, data fingerprint, kind). Files are written to a
+    temporary name and moved into place with `os.replace`, so a crash never leaves a half-written cache entry."""
+
+    def __init__(self, directory: str | os.PathLike):
+        self.directory = Path(directory)
+
+    def path(self, model_fingerprint: str, data_fingerprint: str, kind: str) -> Path:
+        key = hashlib.blake2b(f"{model_fingerprint}|{data_fingerprint}|{kind}".encode(), digest_size=20).hexdigest()
+        return self.directory / f"{kind}-{key}.pt"
+
+    def load(self, path: Path) -> torch.Tensor | None:
+        if not path.is_file():
+            return None
+        logger.info("Embedding cache hit: %s", path)
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+    def save(self, path: Path, embeddings: torch.Tensor) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        os.close(handle)
+        try:
+            torch.save(embeddings, temporary)
+            os.replace(temporary, path)
+        except BaseException:
+            if os.path.exists(temporary):
+                os.remove(temporary)
+            raise
+
+
+def _embed_batch(embedder, batch: Sequence[RetrievalItem]) -> torch.Tensor:
+    """Embed a batch of items of mixed modalities: `(len(batch), dim)`, L2-normalised, in the input order."""
+    with_image = [row for row, item in enumerate(batch) if item.image is not None]
+    with_text = [row for row, item in enumerate(batch) if item.text is not None]
+    image_features = {}
+    if with_image:
+        frames = [frame for row in with_image for frame in batch[row].frames]
+        per_frame = embedder.image_features(frames)  # (total_frames, dim)
+        offset = 0
+        for row in with_image:
+            count = len(batch[row].frames)
+            block = per_frame[offset : offset + count]
+            offset += count
+            # The image embedding of a video is the mean of its frames' embeddings; the fused one pools the mean of
+            # the unnormalised frame projections, so one frame gives exactly the model's embeddings.
+            image_features[row] = (l2_normalize(block).mean(dim=0), block.mean(dim=0))
+    text_features = dict(zip(with_text, embedder.text_features([batch[row].text for row in with_text]))) if with_text else {}
+    outputs = [None] * len(batch)
+    fused_rows = [row for row in with_image if row in text_features]
+    if fused_rows:
+        fused = embedder.fuse(
+            torch.stack([image_features[row][1] for row in fused_rows]),
+            torch.stack([text_features[row] for row in fused_rows]),
+        )
+        outputs_fused = dict(zip(fused_rows, fused))
+    for row, item in enumerate(batch):
+        modality = item.modality
+        if modality == "it":
+            outputs[row] = outputs_fused[row]
+        elif modality == "i":
+            outputs[row] = image_features[row][0]
+        else:
+            outputs[row] = text_features[row]
+    return l2_normalize(torch.stack(outputs).float().cpu())
+
+
+def encode_items(
+    embedder,
+    items: Sequence[RetrievalItem],
+    batch_size: int = 64,
+    description: str = "Encoding",
+    show_progress: bool = True,
+    cache: EmbeddingCache | None = None,
+) -> torch.Tensor:
+    r"""
+    Embed `items` of any modality in batches.
+
+    Args:
+        embedder: a `GCLEmbedder` (or anything with `image_features`, `text_features`, `fuse` and `fingerprint`).
+        items (`Sequence[RetrievalItem]`): what to embed.
+        batch_size (`int`): items per forward pass.
+        cache ([`EmbeddingCache`], *optional*): reuse embeddings of the same model and data from disk.
+
+    Returns:
+        `torch.Tensor` of shape `(len(items), dim)`, L2-normalised float32 on the CPU.
+    """
+    if not items:
+        raise ValueError(f"{description}: nothing to encode (empty list of items).")
+    cache_path = None
+    if cache is not None:
+        cache_path = cache.path(embedder.fingerprint, items_fingerprint(items), "items")
+        cached = cache.load(cache_path)
+        if cached is not None:
+            return cached
+    chunks = []
+    for start in tqdm(range(0, len(items), batch_size), desc=description, disable=not show_progress, leave=False):
+        batch = items[start : start + batch_size]
+        try:
+            chunks.append(_embed_batch(embedder, batch))
+        except BadSampleError as error:  # name the data rows as well as the image file
+            sources = [item.source for item in batch if item.source]
+            where = f" (items {sources[0]} .. {sources[-1]})" if sources else ""
+            raise BadSampleError(f"{description}{where}: {error}") from None
+    embeddings = torch.cat(chunks)
+    if cache_path is not None:
+        cache.save(cache_path, embeddings)
+    return embeddings
+
+
+def encode_aligned_pairs(
+    embedder,
+    images: Sequence,
+    captions: Sequence[str],
+    batch_size: int = 64,
+    show_progress: bool = True,
+    cache: EmbeddingCache | None = None,
+) -> dict[str, torch.Tensor]:
+    """Embed image–caption pairs as `i`, `t` and `it` with one image pass and one text pass per batch; returns
+    `{"i", "t", "it"}`, each `(num_pairs, dim)` L2-normalised on the CPU."""
+    if len(images) != len(captions):
+        raise ValueError(f"{len(images)} images but {len(captions)} captions.")
+    if not len(images):
+        raise ValueError("encode_aligned_pairs: no pairs to encode.")
+    cache_path = None
+    if cache is not None:
+        items = [RetrievalItem(text=caption, image=image) for image, caption in zip(images, captions)]
+        cache_path = cache.path(embedder.fingerprint, items_fingerprint(items), "pairs")
+        cached = cache.load(cache_path)
+        if cached is not None:
+            return dict(zip(MODALITIES, cached.unbind(0)))
+    chunks = {modality: [] for modality in MODALITIES}
+    for start in tqdm(range(0, len(images), batch_size), desc="Encoding pairs", disable=not show_progress, leave=False):
+        image_features = embedder.image_features(images[start : start + batch_size])
+        text_features = embedder.text_features(captions[start : start + batch_size])
+        chunks["i"].append(l2_normalize(image_features).cpu())
+        chunks["t"].append(l2_normalize(text_features).cpu())
+        chunks["it"].append(l2_normalize(embedder.fuse(image_features, text_features)).cpu())
+    embeds = {modality: torch.cat(parts).float() for modality, parts in chunks.items()}
+    if cache_path is not None:
+        cache.save(cache_path, torch.stack([embeds[m] for m in MODALITIES]))
+    return embeds

@@ -1,0 +1,51 @@
+# Copyright 2026 The GCL-HF authors. Apache-2.0.
+"""Reading benchmark files with errors that name the file and line; nothing is dropped silently."""
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+
+class EvaluationDataError(ValueError):
+    """Benchmark data that cannot be used as given; the message names the file and the line or ids."""
+
+
+def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
+    """Yield `(line_number, object)` for each non-blank line; a line that is not a JSON object raises."""
+    path = Path(path)
+    if not path.is_file():
+        raise EvaluationDataError(f"{path}: no such file.")
+    with open(path, encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise EvaluationDataError(f"{path}:{line_number}: not valid JSON ({error.msg}).") from None
+            if not isinstance(row, dict):
+                raise EvaluationDataError(f"{path}:{line_number}: expected a JSON object, got {type(row).__name__}.")
+            yield line_number, row
+
+
+def resolve_image(value, root: str | os.PathLike, where: str, check: bool = True) -> str | None:
+    """An image path relative to `root` (or absolute) that exists; `None`/`""` gives `None`."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise EvaluationDataError(f"{where}: image path is a {type(value).__name__}, expected a string.")
+    path = value if os.path.isabs(value) else os.path.normpath(os.path.join(root, value))
+    if check and not os.path.isfile(path):
+        raise EvaluationDataError(f"{where}: image file not found: {path}")
+    return path
+
+
+def optional_text(value, where: str, field: str) -> str | None:
+    """A text field: a non-empty string, or `None` for null / empty."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise EvaluationDataError(f"{where}: {field} is a {type(value).__name__}, expected a string or null.")
+    value = value.strip()
+    return value or None

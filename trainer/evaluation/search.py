@@ -1,0 +1,183 @@
+# Copyright 2026 The GCL-HF authors. Apache-2.0.
+"""Nearest-neighbour search over L2-normalised embeddings (inner product = cosine), with bounded memory.
+
+`exact_top_k` never holds the full `queries × pool` score matrix: it scores one block of `query_chunk_size ×
+candidate_chunk_size` at a time and merges each block's top k into a running top k, so its peak extra memory is one
+block plus `queries × k`. `FaissIndex` (the optional `faiss` extra) does the same search with FAISS, exact (`Flat`)
+or approximate (any `index_factory` string), for pools too large to scan repeatedly.
+
+Tie order among equal scores is unspecified here; evaluators that need a deterministic answer for the positive use
+`positive_ranks`, which counts only strictly higher scores (ties go to the query).
+"""
+
+import torch
+
+
+def exact_top_k(
+    queries: torch.Tensor,
+    candidates: torch.Tensor,
+    k: int,
+    query_chunk_size: int = 1024,
+    candidate_chunk_size: int = 16384,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""
+    Exact top-k by inner product, in blocks.
+
+    Args:
+        queries (`torch.Tensor` of shape `(num_queries, dim)`)
+        candidates (`torch.Tensor` of shape `(num_candidates, dim)`)
+        k (`int`): how many to return; capped at `num_candidates`.
+        query_chunk_size, candidate_chunk_size (`int`): the block scored at once; peak extra memory is about
+            `query_chunk_size × (candidate_chunk_size + 2k)` scores.
+
+    Returns:
+        `(scores, indices)`, both `(num_queries, min(k, num_candidates))`, best first.
+    """
+    if candidates.shape[0] == 0:
+        raise ValueError("exact_top_k: the candidate pool is empty.")
+    if queries.shape[-1] != candidates.shape[-1]:
+        raise ValueError(f"exact_top_k: query dim {queries.shape[-1]} != candidate dim {candidates.shape[-1]}.")
+    k = min(k, candidates.shape[0])
+    all_scores, all_indices = [], []
+    for q_start in range(0, queries.shape[0], query_chunk_size):
+        query_block = queries[q_start : q_start + query_chunk_size]
+        best_scores = torch.full((query_block.shape[0], 0), float("-inf"), dtype=queries.dtype)
+        best_indices = torch.zeros((query_block.shape[0], 0), dtype=torch.long)
+        for c_start in range(0, candidates.shape[0], candidate_chunk_size):
+            block_scores = query_block @ candidates[c_start : c_start + candidate_chunk_size].T  # (q, c)
+            scores, indices = block_scores.topk(min(k, block_scores.shape[1]), dim=1)
+            del block_scores  # release the block before merging
+            merged_scores = torch.cat([best_scores, scores], dim=1)
+            merged_indices = torch.cat([best_indices, indices + c_start], dim=1)
+            best_scores, order = merged_scores.topk(min(k, merged_scores.shape[1]), dim=1)
+            best_indices = merged_indices.gather(1, order)
+        all_scores.append(best_scores)
+        all_indices.append(best_indices)
+    return torch.cat(all_scores), torch.cat(all_indices)
+
+
+def positive_ranks(
+    queries: torch.Tensor,
+    candidates: torch.Tensor,
+    positive_indices: torch.Tensor,
+    query_chunk_size: int = 1024,
+    candidate_chunk_size: int = 16384,
+) -> torch.Tensor:
+    r"""
+    The 0-based rank of each query's single relevant candidate: how many candidates score strictly higher (ties are
+    broken in the query's favour). Blocked like `exact_top_k` (two passes over the pool when it spans several
+    candidate blocks).
+
+    Args:
+        queries (`torch.Tensor` of shape `(num_queries, dim)`)
+        candidates (`torch.Tensor` of shape `(num_candidates, dim)`)
+        positive_indices (`torch.LongTensor` of shape `(num_queries,)`): the relevant candidate of each query.
+
+    Returns:
+        `torch.LongTensor` of shape `(num_queries,)`.
+    """
+    if candidates.shape[0] == 0:
+        raise ValueError("positive_ranks: the candidate pool is empty.")
+    positive_indices = positive_indices.to(torch.long)
+    ranks = []
+    for q_start in range(0, queries.shape[0], query_chunk_size):
+        query_block = queries[q_start : q_start + query_chunk_size]
+        positives = positive_indices[q_start : q_start + query_chunk_size]
+        rows = torch.arange(query_block.shape[0])
+        blocks = range(0, candidates.shape[0], candidate_chunk_size)
+        # The positive's score is read out of the same matrix products it is compared with: near-collapsed embeddings
+        # (an untrained model) have scores within float rounding of each other, and a separately computed dot product
+        # would flip those comparisons. With one candidate block this is a single pass; otherwise two.
+        positive_scores = torch.empty(query_block.shape[0], 1, dtype=query_block.dtype)
+        cached_block = None
+        for c_start in blocks:
+            block_scores = query_block @ candidates[c_start : c_start + candidate_chunk_size].T  # (q, c)
+            inside = (positives >= c_start) & (positives < c_start + block_scores.shape[1])
+            positive_scores[inside, 0] = block_scores[rows[inside], positives[inside] - c_start]
+            cached_block = block_scores if len(blocks) == 1 else None
+        above = torch.zeros(query_block.shape[0], dtype=torch.long)
+        for c_start in blocks:
+            block_scores = cached_block if cached_block is not None else (
+                query_block @ candidates[c_start : c_start + candidate_chunk_size].T)
+            above += (block_scores > positive_scores).sum(dim=1)
+        ranks.append(above)
+    return torch.cat(ranks)
+
+
+def listwise_positive_ranks(
+    queries: torch.Tensor, candidates: torch.Tensor, candidate_lists: torch.Tensor, query_chunk_size: int = 256
+) -> torch.Tensor:
+    r"""
+    Rank of the *first* entry of each query's own candidate list (MMEB's layout: the positive first).
+
+    Args:
+        queries (`torch.Tensor` of shape `(num_queries, dim)`)
+        candidates (`torch.Tensor` of shape `(num_candidates, dim)`): every distinct candidate.
+        candidate_lists (`torch.LongTensor` of shape `(num_queries, list_length)`): indices into `candidates`.
+
+    Returns:
+        `torch.LongTensor` of shape `(num_queries,)`: how many list entries score strictly above the first.
+    """
+    ranks = []
+    for start in range(0, queries.shape[0], query_chunk_size):
+        lists = candidate_lists[start : start + query_chunk_size]  # (q, L)
+        scores = torch.einsum("qd,qld->ql", queries[start : start + query_chunk_size], candidates[lists])
+        ranks.append((scores > scores[:, :1]).sum(dim=1))
+    return torch.cat(ranks)
+
+
+def faiss_available() -> bool:
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class FaissIndex:
+    r"""
+    Inner-product search with FAISS (`pip install gcl-hf[faiss]`).
+
+    Args:
+        candidates (`torch.Tensor` of shape `(num_candidates, dim)`): L2-normalised embeddings.
+        index_factory (`str`, defaults to `"Flat"`): `"Flat"` is exact; any FAISS `index_factory` string (e.g.
+            `"IVF4096,Flat"`, `"HNSW32"`) builds an approximate index, trained on the candidates.
+        nprobe (`int`, *optional*): for IVF indexes, the lists visited per query.
+    """
+
+    def __init__(self, candidates: torch.Tensor, index_factory: str = "Flat", nprobe: int | None = None):
+        try:
+            import faiss
+        except ImportError as error:
+            raise ImportError("FaissIndex needs faiss: pip install 'gcl-hf[faiss]' (or faiss-cpu).") from error
+        if candidates.shape[0] == 0:
+            raise ValueError("FaissIndex: the candidate pool is empty.")
+        vectors = candidates.detach().to(torch.float32).contiguous().numpy()
+        dim = vectors.shape[1]
+        if index_factory == "Flat":
+            self.index = faiss.IndexFlatIP(dim)
+        else:
+            self.index = faiss.index_factory(dim, index_factory, faiss.METRIC_INNER_PRODUCT)
+            self.index.train(vectors)
+        if nprobe is not None:
+            faiss.extract_index_ivf(self.index).nprobe = nprobe
+        self.index.add(vectors)
+        self.size = vectors.shape[0]
+
+    def search(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(num_queries, dim)` -> `(scores, indices)`, both `(num_queries, min(k, num_candidates))`."""
+        k = min(k, self.size)
+        scores, indices = self.index.search(queries.detach().to(torch.float32).contiguous().numpy(), k)
+        return torch.from_numpy(scores), torch.from_numpy(indices).to(torch.long)
+
+
+def search_top_k(
+    queries: torch.Tensor, candidates: torch.Tensor, k: int, backend: str = "torch", **options
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k by inner product with `backend="torch"` (`exact_top_k`) or `"faiss"` (`FaissIndex`; options
+    `index_factory`, `nprobe`). Returns `(scores, indices)` of shape `(num_queries, min(k, num_candidates))`."""
+    if backend == "torch":
+        return exact_top_k(queries, candidates, k, **options)
+    if backend == "faiss":
+        return FaissIndex(candidates, **options).search(queries, k)
+    raise ValueError(f"Unknown search backend {backend!r}; expected 'torch' or 'faiss'.")
