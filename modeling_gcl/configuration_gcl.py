@@ -10,6 +10,8 @@ from dataclasses import field
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
+from .configuration_vista import GCLEvaVisionConfig, GCLVistaConfig
+
 # The six ordered pairs of different modalities of GCL (paper Eq. 2), named `<anchor>2<positive>`.
 MODALITIES = ("i", "t", "it")
 ALL_LOSS_PAIRS = ("i2t", "i2it", "t2i", "t2it", "it2i", "it2t")
@@ -19,6 +21,14 @@ FUSION_MODES = ("sum", "normalized_sum", "mean", "attention")
 
 # Backbones the model can wrap: the `model_type` of `encoder_config`.
 SUPPORTED_ENCODERS = ("clip",)
+
+# `backbone_type`: "clip" wraps a CLIPModel (`encoder_config`, score fusion); "vista" is BAAI's Visualized-BGE
+# (`vista_config`), whose fused embedding comes from image tokens fed into the text encoder.
+BACKBONE_TYPES = ("clip", "vista")
+# The only fusion of a VISTA backbone: image tokens inside the text encoder's sequence.
+TOKEN_FUSION = "tokens"
+# VISTA trains with a fixed temperature of 0.02 (FlagEmbedding's Visualized-BGE).
+VISTA_TEMPERATURE = 0.02
 
 
 def split_pair(name: str) -> tuple[str, str]:
@@ -35,11 +45,19 @@ class GCLConfig(PreTrainedConfig):
     items into one space and is trained with Generalized Contrastive Learning (Lee et al., NeurIPS 2025).
 
     Args:
+        backbone_type (`str`, *optional*, defaults to `"clip"`):
+            `"clip"`: a `CLIPModel` described by `encoder_config`. `"vista"`: BAAI's Visualized-BGE (a BERT-family text
+            encoder and an EVA02-CLIP vision tower) described by `vista_config`.
         encoder_config (`dict` or `PreTrainedConfig`, *optional*):
-            Configuration of the wrapped backbone. A `CLIPConfig` (also TinyCLIP and UniIR CLIP-SF, which share its
-            layout); defaults to `CLIPConfig()`.
-        fusion (`str`, *optional*, defaults to `"sum"`):
-            How a fused image+text embedding is pooled from the two projected vectors:
+            Configuration of the wrapped CLIP backbone. A `CLIPConfig` (also TinyCLIP and UniIR CLIP-SF, which share
+            its layout); defaults to `CLIPConfig()` when `backbone_type="clip"`, unused (`None`) for VISTA.
+        vista_config (`dict` or [`GCLVistaConfig`], *optional*):
+            The VISTA backbone (`text_config`, `vision_config`); defaults to the sizes of Visualized_base_en_v1.5 when
+            `backbone_type="vista"`, `None` otherwise.
+        fusion (`str`, *optional*, defaults to `"sum"` for CLIP, `"tokens"` for VISTA):
+            How a fused image+text embedding is made. VISTA only has `"tokens"`: the image's patch tokens are inserted
+            after the text's [CLS] and the joint sequence runs through the text encoder. For CLIP it is pooled from
+            the two projected vectors:
             - `"sum"`: CLIP-SF / UniIR score fusion, the *unnormalised* projections summed, then L2-normalised.
             - `"normalized_sum"`: each projection L2-normalised, summed, then L2-normalised.
             - `"mean"`: the mean of the unnormalised projections. After the final L2 normalisation this points the
@@ -48,9 +66,9 @@ class GCLConfig(PreTrainedConfig):
               over the two, weighted sum of the unnormalised projections). Zero-initialised, so an untrained
               pooling equals `"sum"` exactly.
         temperature (`float`, *optional*):
-            Fixed softmax temperature τ. `None` keeps the backbone's own learnable `logit_scale` (CLIP). When set,
-            the logit scale is initialised to `log(1/τ)`.
-        learnable_temperature (`bool`, *optional*, defaults to `True`):
+            Fixed softmax temperature τ. `None` keeps the backbone's own learnable `logit_scale` (CLIP) and means
+            τ = 0.02 for VISTA. When set, the logit scale is initialised to `log(1/τ)`.
+        learnable_temperature (`bool`, *optional*, defaults to `True` for CLIP, `False` for VISTA):
             Whether the logit scale is trained. `False` freezes it (VISTA's fixed τ = 0.02).
         max_logit_scale (`float`, *optional*, defaults to 100.0):
             Upper bound applied to `exp(logit_scale)` when it is used, as CLIP clamps it.
@@ -64,12 +82,18 @@ class GCLConfig(PreTrainedConfig):
     """
 
     model_type = "gcl"
-    sub_configs_defaults = {"encoder_config": SubConfigSpec(config_class=AutoConfig, model_type="clip")}
+    # Both optional: only the sub-config of the chosen `backbone_type` is built (see `__post_init__`).
+    sub_configs_defaults = {
+        "encoder_config": SubConfigSpec(config_class=AutoConfig, model_type="clip", optional=True),
+        "vista_config": SubConfigSpec(config_class=GCLVistaConfig, optional=True),
+    }
 
+    backbone_type: str = "clip"
     encoder_config: PreTrainedConfig | dict | None = None
-    fusion: str = "sum"
+    vista_config: GCLVistaConfig | dict | None = None
+    fusion: str | None = None
     temperature: float | None = None
-    learnable_temperature: bool = True
+    learnable_temperature: bool | None = None
     max_logit_scale: float = 100.0
     loss_pairs: list[str] = field(default_factory=lambda: list(ALL_LOSS_PAIRS))
     loss_weights: list[float] | None = None
@@ -77,13 +101,14 @@ class GCLConfig(PreTrainedConfig):
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
-        if self.encoder_config.model_type not in SUPPORTED_ENCODERS:
+        if self.backbone_type not in BACKBONE_TYPES:
             raise ValueError(
-                f"GCLConfig: encoder model_type {self.encoder_config.model_type!r} is not supported; "
-                f"supported: {', '.join(SUPPORTED_ENCODERS)}."
+                f"GCLConfig: backbone_type {self.backbone_type!r} is not one of {', '.join(BACKBONE_TYPES)}."
             )
-        if self.fusion not in FUSION_MODES:
-            raise ValueError(f"GCLConfig: fusion {self.fusion!r} is not one of {', '.join(FUSION_MODES)}.")
+        if self.backbone_type == "vista":
+            self._resolve_vista_defaults()
+        else:
+            self._resolve_clip_defaults()
         if self.temperature is not None and not self.temperature > 0:
             raise ValueError(f"GCLConfig: temperature must be > 0, got {self.temperature}.")
         self.loss_pairs = list(self.loss_pairs)
@@ -100,10 +125,51 @@ class GCLConfig(PreTrainedConfig):
                     f"GCLConfig: {len(self.loss_weights)} loss_weights for {len(self.loss_pairs)} loss_pairs."
                 )
 
+    def _resolve_vista_defaults(self):
+        if self.encoder_config is not None:
+            raise ValueError("GCLConfig: backbone_type='vista' takes `vista_config`, not `encoder_config`.")
+        if self.vista_config is None:
+            self.vista_config = GCLVistaConfig()
+        self.fusion = TOKEN_FUSION if self.fusion is None else self.fusion
+        if self.fusion != TOKEN_FUSION:
+            raise ValueError(
+                f"GCLConfig: a VISTA backbone fuses image tokens inside its text encoder (fusion={TOKEN_FUSION!r}); "
+                f"got fusion={self.fusion!r}."
+            )
+        self.temperature = VISTA_TEMPERATURE if self.temperature is None else self.temperature
+        self.learnable_temperature = False if self.learnable_temperature is None else self.learnable_temperature
+
+    def _resolve_clip_defaults(self):
+        if self.vista_config is not None:
+            raise ValueError("GCLConfig: `vista_config` needs backbone_type='vista'.")
+        if self.encoder_config is None:
+            self.encoder_config, _ = self.sub_configs_defaults["encoder_config"].create_subconfig("encoder_config")
+        self.fusion = "sum" if self.fusion is None else self.fusion
+        self.learnable_temperature = True if self.learnable_temperature is None else self.learnable_temperature
+        if self.encoder_config.model_type not in SUPPORTED_ENCODERS:
+            raise ValueError(
+                f"GCLConfig: encoder model_type {self.encoder_config.model_type!r} is not supported; "
+                f"supported: {', '.join(SUPPORTED_ENCODERS)}."
+            )
+        if self.fusion not in FUSION_MODES:
+            raise ValueError(f"GCLConfig: fusion {self.fusion!r} is not one of {', '.join(FUSION_MODES)}.")
+
     @property
     def projection_dim(self) -> int:
-        """Size of the shared embedding space."""
+        """Size of the shared embedding space (the text hidden size for VISTA)."""
+        if self.backbone_type == "vista":
+            return self.vista_config.hidden_size
         return self.encoder_config.projection_dim
 
 
-__all__ = ["GCLConfig", "ALL_LOSS_PAIRS", "FUSION_MODES", "MODALITIES", "split_pair"]
+__all__ = [
+    "GCLConfig",
+    "GCLEvaVisionConfig",
+    "GCLVistaConfig",
+    "ALL_LOSS_PAIRS",
+    "BACKBONE_TYPES",
+    "FUSION_MODES",
+    "MODALITIES",
+    "TOKEN_FUSION",
+    "split_pair",
+]

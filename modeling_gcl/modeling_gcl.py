@@ -16,11 +16,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import CLIPModel, PreTrainedModel
+from transformers import AutoModel, CLIPModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from .configuration_gcl import GCLConfig
+from .configuration_gcl import TOKEN_FUSION, GCLConfig
+from .configuration_vista import GCLEvaVisionConfig, GCLVistaConfig
+from .modeling_eva import GCLEvaEmbeddings, GCLEvaRotaryEmbedding, eva_rope_tables
+from .modeling_vista import GCLVistaEncoder
 
 
 def l2_normalize(embeds: torch.Tensor) -> torch.Tensor:
@@ -91,6 +94,11 @@ class GCLScoreFusion(nn.Module):
             scores = l2_normalize(stacked) @ self.score_weight + self.score_bias  # (batch, 2)
             weights = scores.softmax(dim=1).unsqueeze(-1)  # (batch, 2, 1)
             return (weights * stacked).sum(dim=1)
+        if self.mode == TOKEN_FUSION:
+            raise ValueError(
+                "A VISTA model fuses image tokens inside its text encoder, not two vectors: use "
+                "`model.get_fused_features(pixel_values, input_ids, attention_mask)`."
+            )
         raise ValueError(f"Unknown fusion mode {self.mode!r}")
 
 
@@ -99,17 +107,38 @@ class GCLPreTrainedModel(PreTrainedModel):
     base_model_prefix = "gcl"
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = True
-    _no_split_modules = ["CLIPTextEmbeddings", "CLIPEncoderLayer", "CLIPVisionEmbeddings"]
+    _no_split_modules = [
+        "CLIPTextEmbeddings", "CLIPEncoderLayer", "CLIPVisionEmbeddings",
+        "GCLEvaLayer", "GCLEvaEmbeddings", "BertLayer", "XLMRobertaLayer",
+    ]
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_attention_backend = True
 
     @torch.no_grad()
     def _init_weights(self, module):
-        # The wrapped encoder is a PreTrainedModel and initialises itself; only GCL's own modules land here.
+        # The wrapped CLIP / text encoders are PreTrainedModels and initialise themselves; only GCL's own modules
+        # (the fusion, VISTA's EVA tower, `visual_proj` and logit scale) land here.
         if isinstance(module, GCLScoreFusion) and module.mode == "attention":
             init.zeros_(module.score_weight)
             init.zeros_(module.score_bias)
+        elif isinstance(module, GCLVistaEncoder):
+            init.constant_(module.logit_scale, math.log(1.0 / (self.config.temperature or 0.02)))
+        elif isinstance(module, GCLEvaEmbeddings):
+            std = self.config.vista_config.vision_config.initializer_range
+            init.normal_(module.class_embedding, std=std)
+            init.normal_(module.position_embedding, std=std)
+        elif isinstance(module, GCLEvaRotaryEmbedding):
+            cos, sin = eva_rope_tables(module.config, device=module.freqs_cos.device)
+            init.copy_(module.freqs_cos, cos)
+            init.copy_(module.freqs_sin, sin)
+        elif self.config.backbone_type == "vista" and isinstance(module, (nn.Linear, nn.Conv2d)):
+            init.normal_(module.weight, std=self.config.vista_config.vision_config.initializer_range)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif self.config.backbone_type == "vista" and isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
 
 
 class GCLModel(GCLPreTrainedModel):
@@ -117,7 +146,10 @@ class GCLModel(GCLPreTrainedModel):
     A retriever that embeds images (`i`), texts (`t`) and fused image+text items (`it`) into one L2-normalised space.
 
     With a CLIP backbone (CLIP, TinyCLIP, UniIR CLIP-SF) the fused embedding is pooled from the two projections
-    (`config.fusion`), so it costs nothing beyond the image and text passes.
+    (`config.fusion`), so it costs nothing beyond the image and text passes. With a VISTA backbone
+    (`config.backbone_type="vista"`, BAAI Visualized-BGE) image tokens go into the text encoder: image-only and fused
+    items are each one pass of the text encoder over [CLS], the image tokens and the text, and text-only items are the
+    plain text encoder; every embedding is the L2-normalised [CLS] output.
 
     Example:
 
@@ -133,13 +165,19 @@ class GCLModel(GCLPreTrainedModel):
     ```
     """
 
-    def __init__(self, config: GCLConfig, encoder: CLIPModel | None = None):
+    def __init__(self, config: GCLConfig, encoder: "CLIPModel | GCLVistaEncoder | None" = None):
         super().__init__(config)
         # Creating a GCLConfig resets its sub-configs' attention implementation; push the resolved one back down so
         # the encoder's attention (and its padding masks) dispatch as configured.
         self.config._attn_implementation = self.config._attn_implementation
         # `encoder` lets `from_backbone` wrap already-loaded weights without building a second, random copy.
-        self.encoder = encoder if encoder is not None else CLIPModel._from_config(config.encoder_config)
+        if encoder is not None:
+            self.encoder = encoder
+        elif config.backbone_type == "vista":
+            config.vista_config.text_config._attn_implementation = self.config._attn_implementation
+            self.encoder = GCLVistaEncoder(config.vista_config, temperature=config.temperature)
+        else:
+            self.encoder = CLIPModel._from_config(config.encoder_config)
         self.fusion = GCLScoreFusion(config.fusion, config.projection_dim)
         if config.temperature is not None:
             with torch.no_grad():
@@ -189,11 +227,90 @@ class GCLModel(GCLPreTrainedModel):
         )
         return cls(config, encoder=backbone)
 
+    @classmethod
+    def from_vista_backbone(
+        cls,
+        text_model: "str | PreTrainedModel",
+        vision_config: "GCLEvaVisionConfig | dict | str | None" = None,
+        cls_token_id: int | None = None,
+        sep_token_id: int | None = None,
+        temperature: float | None = None,
+        learnable_temperature: bool | None = None,
+        **kwargs,
+    ) -> "GCLModel":
+        r"""
+        Build a VISTA-style `GCLModel` from a pretrained BERT-family text encoder and a (new, randomly initialised)
+        EVA02-CLIP vision tower. To load a released Visualized-BGE checkpoint, convert it with `gcl-convert-vista`.
+
+        Args:
+            text_model (`str` or `PreTrainedModel`):
+                A Hub id or directory of a BERT-family encoder (`"BAAI/bge-base-en-v1.5"`), or a loaded one. Its pooler
+                is not used.
+            vision_config ([`GCLEvaVisionConfig`], `dict` or `str`, *optional*):
+                The vision tower; a preset name (`"eva02-clip-b-16"`, `"eva02-clip-l-14"`) or a config. Defaults to
+                EVA02-CLIP-B/16.
+            cls_token_id, sep_token_id (`int`, *optional*):
+                The ids of [CLS] and [SEP] (`<s>`, `</s>` for XLM-R). Default: read from the text model's tokenizer
+                when `text_model` is a path, else the config's `bos/eos_token_id`, else BERT's 101 / 102.
+            temperature, learnable_temperature: see [`GCLConfig`]; VISTA's default is a fixed τ = 0.02.
+            kwargs:
+                Further [`GCLConfig`] fields. `dtype`, `revision`, `token`, `cache_dir`, `local_files_only` and
+                `attn_implementation` are passed on to `AutoModel.from_pretrained` when `text_model` is a string.
+        """
+        load_keys = ("dtype", "revision", "token", "cache_dir", "local_files_only", "attn_implementation")
+        load_kwargs = {key: kwargs.pop(key) for key in load_keys if key in kwargs}
+        if isinstance(text_model, str):
+            if cls_token_id is None or sep_token_id is None:
+                from transformers import AutoTokenizer
+
+                tokenizer_kwargs = {k: v for k, v in load_kwargs.items() if k in ("revision", "token", "cache_dir", "local_files_only")}
+                tokenizer = AutoTokenizer.from_pretrained(text_model, **tokenizer_kwargs)
+                cls_token_id = tokenizer.cls_token_id if cls_token_id is None else cls_token_id
+                sep_token_id = tokenizer.sep_token_id if sep_token_id is None else sep_token_id
+            text_model = AutoModel.from_pretrained(text_model, add_pooling_layer=False, **load_kwargs)
+        if not isinstance(text_model, PreTrainedModel):
+            raise TypeError(f"from_vista_backbone expects a text encoder or its path/Hub id, got {type(text_model).__name__}")
+        if getattr(text_model, "pooler", None) is not None:
+            text_model.pooler = None  # VISTA pools [CLS] itself; an unused pooler would only waste memory and LoRA targets
+        text_config = text_model.config
+        if cls_token_id is None:
+            cls_token_id = text_config.bos_token_id if text_config.bos_token_id is not None else 101
+        if sep_token_id is None:
+            sep_token_id = text_config.eos_token_id if text_config.eos_token_id is not None else 102
+        if isinstance(vision_config, str):
+            vision_config = GCLEvaVisionConfig.from_preset(vision_config)
+        elif isinstance(vision_config, dict):
+            vision_config = GCLEvaVisionConfig(**vision_config)
+        vista_config = GCLVistaConfig(
+            text_config=text_config,
+            vision_config=vision_config,
+            cls_token_id=cls_token_id,
+            sep_token_id=sep_token_id,
+        )
+        kwargs.setdefault("attn_implementation", text_config._attn_implementation)
+        config = GCLConfig(
+            backbone_type="vista",
+            vista_config=vista_config,
+            temperature=temperature,
+            learnable_temperature=learnable_temperature,
+            **kwargs,
+        )
+        model = cls(config, encoder=GCLVistaEncoder(vista_config, text_model=text_model, temperature=config.temperature))
+        return model
+
+    @property
+    def is_vista(self) -> bool:
+        return self.config.backbone_type == "vista"
+
     def get_image_features(self, pixel_values: torch.FloatTensor, normalize: bool = True) -> torch.FloatTensor:
         r"""
         Image-only embeddings: `pixel_values` `(batch, 3, height, width)` -> `(batch, projection_dim)`, L2-normalised
-        unless `normalize=False` (then the raw projection, as CLIP's `pooler_output`).
+        unless `normalize=False` (then the raw projection, as CLIP's `pooler_output`; VISTA's [CLS] hidden state of
+        the image with an empty text).
         """
+        if self.is_vista:
+            features = self.encoder.encode_image(pixel_values)
+            return l2_normalize(features) if normalize else features
         features = self.encoder.get_image_features(pixel_values=pixel_values).pooler_output
         return l2_normalize(features) if normalize else features
 
@@ -208,6 +325,9 @@ class GCLModel(GCLPreTrainedModel):
         Text-only embeddings: `input_ids` `(batch, seq_len)` -> `(batch, projection_dim)`, L2-normalised unless
         `normalize=False`.
         """
+        if self.is_vista:
+            features = self.encoder.encode_text(input_ids, attention_mask, position_ids)
+            return l2_normalize(features) if normalize else features
         features = self.encoder.get_text_features(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
         ).pooler_output
@@ -222,8 +342,13 @@ class GCLModel(GCLPreTrainedModel):
     ) -> torch.FloatTensor:
         r"""
         Fused image+text embeddings of the pairs `(pixel_values[j], input_ids[j])`: `(batch, projection_dim)`,
-        L2-normalised.
+        L2-normalised. For VISTA this is one text-encoder pass over [CLS], the image tokens and the text (`position_ids`
+        are then set by the fusion and must be `None`).
         """
+        if self.is_vista:
+            if position_ids is not None:
+                raise ValueError("VISTA sets the position ids of a fused item itself; pass position_ids=None.")
+            return l2_normalize(self.encoder.encode_fused(pixel_values, input_ids, attention_mask))
         image_features = self.get_image_features(pixel_values, normalize=False)
         text_features = self.get_text_features(input_ids, attention_mask, position_ids, normalize=False)
         return l2_normalize(self.fusion(image_features, text_features))
@@ -278,7 +403,10 @@ class GCLModel(GCLPreTrainedModel):
             logits_per_image = logits_per_text.t()
             # Fusion pairs row j with row j; broadcasting one image over many texts would silently mis-pair them.
             if image_features.shape[0] == text_features.shape[0]:
-                fused_embeds = l2_normalize(self.fusion(image_features, text_features))
+                if self.is_vista:  # a third pass: the image tokens inside the text encoder
+                    fused_embeds = self.get_fused_features(pixel_values, input_ids, attention_mask, position_ids)
+                else:
+                    fused_embeds = l2_normalize(self.fusion(image_features, text_features))
 
         loss = loss_terms = None
         if return_loss:
