@@ -2,7 +2,16 @@
 """Retrieval evaluation: metrics, blocked search, encoding with a cache, and the suites — the modality matrix,
 M-BEIR, MMEB and CoVR — plus a Trainer callback and reports. `gcl-eval` (`trainer/eval_cli.py`) runs them."""
 
-from .encoding import EmbeddingCache, GCLEmbedder, RetrievalItem, encode_aligned_pairs, encode_items
+import os
+
+from .encoding import (
+    EmbeddingCache,
+    GCLEmbedder,
+    LookupEmbedder,
+    RetrievalItem,
+    encode_aligned_pairs,
+    encode_items,
+)
 from .files import EvaluationDataError
 from .matrix import (
     CROSS_MODAL_CELLS,
@@ -18,6 +27,9 @@ from .matrix import (
 from .metrics import metrics_from_positive_ranks, metrics_from_rankings, parse_metric, ranking_metrics
 from .search import FaissIndex, exact_top_k, positive_ranks, search_top_k
 
+# The `evaluate` metric module (a folder shipped with the package): `evaluate.load(GCL_RETRIEVAL_METRIC_PATH)`.
+GCL_RETRIEVAL_METRIC_PATH = os.path.join(os.path.dirname(__file__), "metric_module", "gcl_retrieval")
+
 __all__ = [
     "CROSS_MODAL_CELLS",
     "DEFAULT_MATRIX_METRICS",
@@ -25,6 +37,8 @@ __all__ = [
     "EvaluationDataError",
     "FaissIndex",
     "GCLEmbedder",
+    "GCL_RETRIEVAL_METRIC_PATH",
+    "LookupEmbedder",
     "ModalityMatrixEvaluator",
     "RetrievalItem",
     "aligned_hits_at_k",

@@ -1,6 +1,7 @@
 # Copyright 2026 The GCL-HF authors. Apache-2.0.
 """Ranking metrics, implemented once and used by every evaluator (and by the `evaluate` module in
-`trainer/metrics/gcl_retrieval`).
+`trainer/evaluation/metric_module/gcl_retrieval`, loaded with
+`evaluate.load(GCL_RETRIEVAL_METRIC_PATH)`).
 
 Names follow the GCL spec (§5), since the field mixes them up:
 
