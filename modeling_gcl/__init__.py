@@ -1,22 +1,38 @@
 # Copyright 2026 The GCL-HF authors. Apache-2.0.
-"""GCL model, configuration and processor. Importing this package registers them with the Auto classes, so
-`AutoConfig`, `AutoModel` and `AutoProcessor` load GCL checkpoints (`model_type="gcl"`)."""
+"""GCL model, configuration, processor and pipeline.
 
-from transformers import AutoConfig, AutoModel, AutoProcessor
+Importing this package registers them with the Auto classes, so `AutoConfig`, `AutoModel`,
+`AutoModelForZeroShotImageClassification` and `AutoProcessor` load GCL checkpoints (`model_type="gcl"`) without
+`trust_remote_code`. It also marks the classes for transformers' remote-code mechanism (`register_for_auto_class`):
+every `save_pretrained` then copies `configuration_gcl.py`, `modeling_gcl.py` and `processing_gcl.py` beside the
+weights and writes `auto_map` entries, so a machine *without* this library loads the directory (or its Hub repository)
+with `trust_remote_code=True`.
+"""
+
+from transformers import AutoConfig, AutoModel, AutoModelForZeroShotImageClassification, AutoProcessor
 
 from .configuration_gcl import ALL_LOSS_PAIRS, FUSION_MODES, MODALITIES, GCLConfig, split_pair
 from .modeling_gcl import GCLModel, GCLOutput, GCLPreTrainedModel, GCLScoreFusion, l2_normalize
+from .pipeline_gcl import GCL_PIPELINE_TASK, GCLFeatureExtractionPipeline
 from .processing_gcl import GCLProcessor
 
 AutoConfig.register(GCLConfig.model_type, GCLConfig, exist_ok=True)
 AutoModel.register(GCLConfig, GCLModel, exist_ok=True)
+# GCLModel returns CLIP-style `logits_per_image`, so the standard zero-shot-image-classification pipeline runs it.
+AutoModelForZeroShotImageClassification.register(GCLConfig, GCLModel, exist_ok=True)
 AutoProcessor.register(GCLConfig, GCLProcessor, exist_ok=True)
+
+GCLConfig.register_for_auto_class("AutoConfig")
+GCLModel.register_for_auto_class("AutoModel")
+GCLProcessor.register_for_auto_class("AutoProcessor")
 
 __all__ = [
     "ALL_LOSS_PAIRS",
     "FUSION_MODES",
+    "GCL_PIPELINE_TASK",
     "MODALITIES",
     "GCLConfig",
+    "GCLFeatureExtractionPipeline",
     "GCLModel",
     "GCLOutput",
     "GCLPreTrainedModel",

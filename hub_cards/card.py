@@ -1,0 +1,601 @@
+# Copyright 2026 The GCL-HF authors. Apache-2.0.
+"""Model cards for GCL models, rendered with huggingface_hub's `ModelCard` from `templates/model_card.md`.
+
+The template holds the prose; this module turns a run (`RunInfo`) into the metadata (`ModelCardData`) and the
+Markdown fragments (tables, one-line descriptions) the template places.
+"""
+
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from .run_record import RunInfo, read_run
+
+TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
+MODEL_CARD_TEMPLATE = TEMPLATES_DIR / "model_card.md"
+CITATION_FILE = TEMPLATES_DIR / "citation.bib"
+PAPER_ARXIV_ID = "2509.25638"
+PAPER_URL = f"https://arxiv.org/abs/{PAPER_ARXIV_ID}"
+
+TAGS = ("gcl", "generalized-contrastive-learning", "multimodal-retrieval", "image-text-retrieval", "clip",
+        f"arxiv:{PAPER_ARXIV_ID}")
+ADAPTER_TAGS = ("peft", "lora")
+
+# Hub widget examples per pipeline tag: what the widget on the model page sends to the pipeline of that tag.
+WIDGETS = {
+    "zero-shot-image-classification": [
+        {
+            "src": "https://huggingface.co/datasets/mishig/sample_images/resolve/main/cat-dog-music.png",
+            "candidate_labels": "playing music, playing sports",
+            "example_title": "Cat & dog",
+        },
+        {
+            "src": "https://huggingface.co/datasets/mishig/sample_images/resolve/main/airport.jpg",
+            "candidate_labels": "an airport, a harbour, a railway station",
+            "example_title": "Airport",
+        },
+    ],
+    "feature-extraction": [
+        {"text": "a red bicycle leaning against a brick wall", "example_title": "Text"},
+    ],
+}
+PIPELINE_TAGS = tuple(WIDGETS)
+# The metric of the held-out modality-matrix heatmap an export draws when the run saved none.
+HOLDOUT_HEATMAP_METRIC = "hit@1"
+DEFAULT_PIPELINE_TAG = "zero-shot-image-classification"
+
+MODALITY_NAMES = {"i": "image", "t": "text", "it": "image+text"}
+FUSION_DESCRIPTIONS = {
+    "sum": "`sum` — CLIP-SF score fusion (as UniIR): the *unnormalised* image and text projections summed, then "
+           "L2-normalised",
+    "normalized_sum": "`normalized_sum` — each projection L2-normalised, summed, then L2-normalised",
+    "mean": "`mean` — the mean of the unnormalised projections, then L2-normalised (the same direction as `sum`)",
+    "attention": "`attention` — learnable attention pooling over the two projections (a linear score per vector, "
+                 "softmax over the two, weighted sum), then L2-normalised",
+}
+DEFAULT_LOSS_PAIRS = ("i2t", "i2it", "t2i", "t2it", "it2i", "it2t")
+
+logger = logging.getLogger(__name__)
+
+
+def modality_arrow(cell: str) -> str:
+    """`"it2t"` -> `"it → t"`."""
+    query, candidate = cell.split("2")
+    return f"{query} → {candidate}"
+
+
+def _markdown_table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(value) for value in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _format_number(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    return f"{value:.1f}" if isinstance(value, float) else str(value)
+
+
+def negatives_per_anchor(loss: str, per_device_batch_size: int | None, world_size: int = 1,
+                         gather_across_devices: bool = True) -> str:
+    """The number of negatives each anchor is contrasted with, as a formula and its value for this run.
+
+    GCL scores each anchor against all 3N items of the batch but itself (3N − 1); CLIP's InfoNCE against the N items
+    of the other modality, its positive included as the only non-negative (N − 1). N counts every device's pairs
+    when the loss gathers them.
+    """
+    formula, factor = ("3N − 1", 3) if loss == "gcl" else ("N − 1", 1)
+    if per_device_batch_size is None:
+        return f"{formula} (N: pairs per batch; not recorded for this run)"
+    devices = world_size if gather_across_devices else 1
+    n = per_device_batch_size * devices
+    where = f"N = {per_device_batch_size} pairs per device" + (f" × {devices} devices" if devices > 1 else "")
+    return f"{formula} = {factor * n - 1} ({where}; gradient accumulation adds none)"
+
+
+def temperature_policy(config: dict[str, Any], trained_logit_scale: float | None = None) -> str:
+    """How τ was set (learnable CLIP logit scale, or fixed), and its value after training when known."""
+    temperature = config.get("temperature")
+    learnable = config.get("learnable_temperature", True)
+    max_scale = config.get("max_logit_scale", 100.0)
+    if temperature is None:
+        policy = f"learnable: the backbone's CLIP logit scale, 1/τ clamped at {max_scale:g}"
+    elif learnable:
+        policy = f"learnable, initialised at τ = {temperature:g} (1/τ clamped at {max_scale:g})"
+    else:
+        policy = f"fixed τ = {temperature:g}"
+    if trained_logit_scale is not None and (temperature is None or learnable):
+        policy += f"; τ = {1.0 / min(trained_logit_scale, max_scale):.4g} after training"
+    return policy
+
+
+def loss_description(loss: str, config: dict[str, Any]) -> str:
+    if loss == "clip":
+        return ("`clip` — the paper's “+CL” baseline: symmetric InfoNCE over the N × N image↔text matrix (no fused "
+                "items)")
+    text = ("`gcl` — Generalized Contrastive Learning (paper Eq. 2): multi-positive InfoNCE over the 3N items "
+            "[E_i; E_t; E_it] of the batch, each anchor's positives being the same pair's other modalities")
+    if config.get("exclude_other_positive"):
+        text += "; each anchor's other positive is left out of its denominator"
+    else:
+        text += "; the anchor's other positive stays in the denominator, as in Eq. 2"
+    return text
+
+
+def loss_pairs_table(loss: str, config: dict[str, Any]) -> str:
+    """The positive pairs the GCL loss counts and their weights (all six, weight 1, in the paper)."""
+    if loss != "gcl":
+        return ""
+    pairs = config.get("loss_pairs") or list(DEFAULT_LOSS_PAIRS)
+    weights = config.get("loss_weights") or [1.0] * len(pairs)
+    rows = []
+    for pair, weight in zip(pairs, weights):
+        anchor, positive = pair.split("2")
+        rows.append([f"`{pair}`", f"{MODALITY_NAMES[anchor]} → {MODALITY_NAMES[positive]}", f"{weight:g}"])
+    table = _markdown_table(["loss term", "anchor → positive", "weight"], rows)
+    left_out = [pair for pair in DEFAULT_LOSS_PAIRS if pair not in pairs]
+    note = ("All six ordered pairs of different modalities, equally weighted, as in the paper."
+            if not left_out and len(set(weights)) == 1
+            else "An ablation of the paper's six equally weighted pairs"
+                 + (f" (left out: {', '.join(f'`{p}`' for p in left_out)})" if left_out else "")
+                 + ". The denominator always spans all 3N − 1 other items.")
+    return f"{table}\n\nThe loss is the weighted mean of these terms. {note}"
+
+
+def backbone_description(config: dict[str, Any]) -> str:
+    encoder = config.get("encoder_config") or {}
+    vision, text = encoder.get("vision_config") or {}, encoder.get("text_config") or {}
+    if not vision or not text:  # not a CLIP layout: name the backbone only
+        return f"`{encoder.get('model_type', 'unknown')}` encoder" if encoder else "not recorded"
+    return (
+        f"{encoder.get('model_type', 'clip').upper()} dual encoder — vision: {vision.get('num_hidden_layers')} layers "
+        f"of width {vision.get('hidden_size')}, {vision.get('image_size')}-px images, {vision.get('patch_size')}-px "
+        f"patches; text: {text.get('num_hidden_layers')} layers of width {text.get('hidden_size')}, "
+        f"{text.get('max_position_embeddings')} tokens; shared projection of dimension {encoder.get('projection_dim')}"
+    )
+
+
+def is_hub_id(name: str | None) -> bool:
+    """Whether `name` looks like a Hub repository id rather than a local path (cards may only link Hub ids)."""
+    if not name or os.path.exists(name) or name.startswith((".", "/", "~")) or "\\" in name:
+        return False
+    return name.count("/") <= 1 and " " not in name
+
+
+def holdout_table(holdout: dict[str, Any] | None) -> str:
+    """The before/after modality-matrix table of `retrieval_holdout.json` (hit@k in %)."""
+    if not holdout or not holdout.get("after"):
+        return ""
+    phases = [phase for phase in ("before", "after") if holdout.get(phase)]
+    cells = list(holdout["after"])
+    ks = list(holdout["after"][cells[0]])
+    header = ["cell"] + [f"{phase} {k}" for phase in phases for k in ks]
+    rows = [[modality_arrow(cell)] + [_format_number(holdout[phase][cell].get(k, "")) for phase in phases for k in ks]
+            for cell in cells]
+    return _markdown_table(header, rows)
+
+
+def _numeric_leaves(tree: Any, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], float]]:
+    if isinstance(tree, bool):
+        return []
+    if isinstance(tree, (int, float)):
+        return [(path, float(tree))] if math.isfinite(tree) else []  # gcl-eval writes NaN for undefined cells
+    if isinstance(tree, dict):
+        return [leaf for key, value in tree.items() for leaf in _numeric_leaves(value, path + (str(key),))]
+    return []
+
+
+@dataclass
+class EvaluationMetrics:
+    """An evaluation `metrics.json`, as `gcl-eval` writes it (read defensively: any JSON object with numbers works).
+
+    Fields used: `"dataset"` (a name, or `{"name", "type", "split", "config"}`), `"task"`, `"suite"`, the metrics
+    under `"results"` (every number, nested as `{row: {metric: value}}`, e.g. `{"t2i": {"hit@1": 12.5}}` or
+    `{"mscoco_t2i": {"hit@5": 80.8}}`; without `"results"`, the numbers of the rest of the file), an optional
+    `"average"` (`{metric: value}`: what the model-index reports when present, instead of every row) and an optional
+    `"modality_gap"` (`{measure: {modality pair: value}}`).
+    """
+
+    dataset_name: str
+    dataset_type: str
+    dataset_split: str | None
+    dataset_config: str | None
+    task_name: str
+    leaves: list[tuple[tuple[str, ...], float]]
+    suite: str | None = None
+    average: dict[str, float] | None = None
+    modality_gap: dict[str, dict[str, float]] | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], default_name: str = "evaluation", where: str = "metrics") -> "EvaluationMetrics":
+        if not isinstance(data, dict):
+            raise ValueError(f"{where}: an evaluation metrics file must hold a JSON object.")
+        dataset = data.get("dataset") or default_name
+        dataset = {"name": str(dataset)} if not isinstance(dataset, dict) else dict(dataset)
+        if "results" in data:
+            results = data["results"]
+        else:
+            results = {k: v for k, v in data.items() if k not in ("dataset", "task", "suite", "model", "num_pairs")}
+        leaves = _numeric_leaves(results)
+        if not leaves:
+            raise ValueError(f"{where}: no numeric metrics found.")
+        average = data.get("average")
+        average = {str(k): float(v) for k, v in average.items() if _is_number(v)} if isinstance(average, dict) else None
+        gap = data.get("modality_gap")
+        gap = ({str(kind): {str(pair): float(v) for pair, v in values.items() if _is_number(v)}
+                for kind, values in gap.items() if isinstance(values, dict)} if isinstance(gap, dict) else None)
+        suite = data.get("suite")
+        return cls(
+            dataset_name=str(dataset.get("name", default_name)),
+            dataset_type=str(dataset.get("type", dataset.get("name", default_name))),
+            dataset_split=dataset.get("split"),
+            dataset_config=dataset.get("config"),
+            task_name=str(data.get("task", "Multimodal retrieval")),
+            leaves=leaves,
+            suite=str(suite) if suite else None,
+            average=average or None,
+            modality_gap=gap or None,
+        )
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> "EvaluationMetrics":
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+        return cls.from_dict(data, default_name=Path(path).resolve().parent.name or "evaluation", where=str(path))
+
+    @property
+    def title(self) -> str:
+        split = f", split `{self.dataset_split}`" if self.dataset_split else ""
+        suite = f" (`gcl-eval --suite {self.suite}`)" if self.suite else ""
+        return f"**{self.dataset_name}**{split}{suite}"
+
+    def table(self) -> str:
+        """Rows: the path above each metric (a modality cell `t2i` shown as `t → i`); columns: the metric names, in
+        order of first appearance. Then the average and the modality gap, when the file has them."""
+        metrics = list(dict.fromkeys(path[-1] for path, _ in self.leaves))
+        rows: dict[str, dict[str, float]] = {}
+        for path, value in self.leaves:
+            label = " / ".join(_row_label(part) for part in path[:-1]) or "all"
+            rows.setdefault(label, {})[path[-1]] = value
+        body = [[row] + [_format_number(values[m]) if m in values else "" for m in metrics] for row, values in rows.items()]
+        parts = [f"{self.title}:", _markdown_table([""] + metrics, body)]
+        if self.average:
+            parts += ["Average:", _markdown_table(list(self.average), [[_format_number(v) for v in self.average.values()]])]
+        if self.modality_gap:
+            pairs = list(dict.fromkeys(pair for values in self.modality_gap.values() for pair in values))
+            gap_rows = [[pair.replace("-", " / ")] + [f"{self.modality_gap[kind].get(pair, float('nan')):.3f}"
+                                                      for kind in self.modality_gap] for pair in pairs]
+            parts += ["Modality gap (`centroid_distance`: distance between the modalities' mean embeddings; "
+                      "`matched_cosine`: mean cosine of the two embeddings of the same pair):",
+                      _markdown_table(["modalities", *self.modality_gap], gap_rows)]
+        return "\n\n".join(parts)
+
+    def eval_results(self) -> list[EvalResult]:
+        """model-index entries: the average when the file has one (a benchmark of many tasks), else every metric."""
+        leaves = [((name,), value) for name, value in self.average.items()] if self.average else self.leaves
+        return [
+            EvalResult(
+                task_type="feature-extraction",
+                task_name=self.task_name,
+                dataset_type=self.dataset_type,
+                dataset_name=self.dataset_name,
+                dataset_split=self.dataset_split,
+                dataset_config=self.dataset_config,
+                metric_type=path[-1],
+                metric_name=f"average {path[-1]}" if self.average else " ".join(_row_label(part) for part in path),
+                metric_value=value,
+            )
+            for path, value in leaves
+        ]
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _row_label(part: str) -> str:
+    """A modality cell (`"it2t"`) as `"it → t"`; anything else unchanged."""
+    if "2" in part and all(side in MODALITY_NAMES for side in part.split("2", 1)):
+        return modality_arrow(part)
+    return part
+
+
+def holdout_eval_results(run: RunInfo, dataset_name: str) -> list[EvalResult]:
+    """model-index entries for `gcl-train`'s held-out modality matrix (after training)."""
+    after = (run.holdout or {}).get("after") or {}
+    return [
+        EvalResult(
+            task_type="feature-extraction",
+            task_name="Multimodal retrieval (modality matrix)",
+            dataset_type=dataset_name,
+            dataset_name=f"{dataset_name} (held-out pairs)",
+            dataset_split="holdout",
+            metric_type=metric,
+            metric_name=f"{_row_label(cell)} {metric}",
+            metric_value=float(value),
+        )
+        for cell, values in after.items() if isinstance(values, dict)
+        for metric, value in values.items() if _is_number(value)
+    ]
+
+
+def _trained_logit_scale(output_dir: Path) -> float | None:
+    """exp(`encoder.logit_scale`) read from the saved safetensors (one tensor, not the whole model)."""
+    from safetensors import safe_open
+
+    weights, key = output_dir / "model.safetensors", "encoder.logit_scale"
+    index = output_dir / "model.safetensors.index.json"
+    if index.is_file():
+        with open(index, encoding="utf-8") as handle:
+            shard = json.load(handle)["weight_map"].get(key)
+        weights = output_dir / shard if shard else None
+    if weights is None or not weights.is_file():
+        return None
+    with safe_open(str(weights), framework="pt") as handle:
+        if key not in handle.keys():
+            return None
+        return float(handle.get_tensor(key).float().exp())
+
+
+def _hyperparameters_text(run: RunInfo) -> str:
+    if run.record is not None:
+        hyperparameters = run.record.get("hyperparameters") or {}
+        if not hyperparameters:
+            return "All `GCLTrainingArguments` defaults."
+        rows = [[f"`{name}`", f"`{json.dumps(value)}`"] for name, value in sorted(hyperparameters.items())]
+        return "The arguments that differ from `GCLTrainingArguments`' defaults:\n\n" + _markdown_table(
+            ["argument", "value"], rows)
+    state = run.trainer_state
+    if state:
+        rows = [[f"`{k}`", state[k]] for k in ("max_steps", "train_batch_size", "num_train_epochs") if k in state]
+        return ("This run has no `gcl_training.json`, so only what the Trainer's `trainer_state.json` records is "
+                "known:\n\n" + _markdown_table(["argument", "value"], rows))
+    return "Not recorded for this run."
+
+
+def _dataset_text(run: RunInfo, datasets: list[str] | None) -> str:
+    if datasets:
+        return ", ".join(f"[{d}](https://huggingface.co/datasets/{d})" if is_hub_id(d) else f"`{d}`" for d in datasets)
+    record = run.record or {}
+    if record and record.get("dataset") is None:
+        return "the openclipart sample bundled with gcl-hf (public-domain clip-art images with captions)"
+    if record.get("dataset"):
+        return f"`{record['dataset']}`"
+    return "data not recorded for this run"
+
+
+def _training_text(run: RunInfo, datasets: list[str] | None) -> str:
+    record = run.record or {}
+    method = "GCL" if run.loss == "gcl" else "the CLIP (+CL) baseline loss"
+    steps = run.max_steps
+    parts = [f"Trained with {method} on {_dataset_text(run, datasets)}"]
+    if record.get("train_pairs"):
+        held_out = f", {record['holdout_pairs']} more held out" if record.get("holdout_pairs") else ""
+        parts.append(f", {record['train_pairs']} pairs{held_out},")
+    if steps:
+        parts.append(f" for {steps} optimizer steps")
+    if run.per_device_batch_size:
+        parts.append(f" of {run.per_device_batch_size} image–caption pairs per device")
+    text = "".join(parts) + "."
+    if record.get("use_lora"):
+        text += " Only LoRA adapters (and the parameters listed as extra trainables) were trained."
+    if record.get("mini_batch_size"):
+        text += (f" The loss was cached (GradCache, mini-batches of {record['mini_batch_size']}): same loss and "
+                 "gradients as one pass over the full batch.")
+    return text
+
+
+def _holdout_text(run: RunInfo) -> str:
+    table = holdout_table(run.holdout)
+    if not table:
+        return "No held-out retrieval was recorded for this run (`retrieval_holdout.json` is absent)."
+    pairs = (run.record or {}).get("holdout_pairs")
+    count = f"{pairs} image–caption pairs" if pairs else "Image–caption pairs"
+    chance = f" Random chance is hit@1 = {100 / pairs:.1f}." if pairs else ""
+    return (
+        f"{count} held out from the training data. Queries and candidates of each modality are built from the same "
+        "pairs, and each cell reports `hit@k` (%): 1 when the query's own pair is among the top k candidates, averaged "
+        "over queries (what UniIR and M-BEIR call Recall@k). Cells are query → candidate; `it` is the fused "
+        f"image+text item.{chance}\n\n{table}"
+    )
+
+
+def _heatmap_caption(run: RunInfo) -> str:
+    """What the held-out heatmap shows."""
+    metric = HOLDOUT_HEATMAP_METRIC
+    return f"Held-out modality matrix after training, {metric} (%), query → candidate"
+
+
+def _summary(run: RunInfo, base_model: str | None, from_scratch: bool, is_adapter: bool) -> str:
+    what = "A LoRA adapter for a universal multimodal retriever" if is_adapter else "A universal multimodal retriever"
+    origin = ("trained from random initialisation" if from_scratch
+              else f"fine-tuned from `{base_model}`" if base_model else "trained")
+    return (
+        f"{what} {origin} with **Generalized Contrastive Learning** (GCL; Lee et al., NeurIPS 2025, "
+        f"[arXiv:{PAPER_ARXIV_ID}]({PAPER_URL})). GCL contrasts every ordered pair of different modalities — image, "
+        "text and fused image+text — across the whole batch, using only image–caption pairs, which pulls the three "
+        "modalities into one space (CLIP-style training leaves fused items apart: the modality gap)."
+    )
+
+
+def _provenance_warning(run: RunInfo, from_scratch: bool) -> str:
+    if not from_scratch:
+        return ""
+    steps = f", and for only {run.max_steps} steps" if run.max_steps else ""
+    return (
+        f"This model was trained from **random initialisation**, with no pretrained weights{steps} (gcl-train's "
+        "offline demo on the small CLIP it bundles). Its numbers show that GCL runs and learns; it is **not** a "
+        "useful retriever. Fine-tune a pretrained CLIP (`gcl-train --model_name_or_path "
+        "openai/clip-vit-base-patch32`) for real use."
+    )
+
+
+def _limitations(from_scratch: bool) -> str:
+    text = ("Retrieval quality is bounded by the backbone and by the training data: GCL aligns modalities on the "
+            "image–caption pairs it sees and inherits the backbone's biases. Captions longer than the tokenizer's "
+            "maximum length (77 tokens for CLIP) are truncated.")
+    if from_scratch:
+        text = "Trained from scratch on a few hundred pairs for a demonstration; not for use. " + text
+    return text
+
+
+def _dataset_label(run: RunInfo, datasets: list[str] | None) -> str:
+    """A short name of the training data, for the held-out results in the model-index."""
+    if datasets:
+        return datasets[0]
+    record = run.record or {}
+    if record and record.get("dataset") is None:
+        return "openclipart_sample"
+    return str(record.get("dataset") or "training data")
+
+
+def build_card_data(
+    run: RunInfo,
+    repo_id: str,
+    *,
+    base_model: str | None,
+    datasets: list[str] | None,
+    license: str | None,
+    pipeline_tag: str,
+    evaluations: list[tuple[EvaluationMetrics, list[str]]],
+    is_adapter: bool,
+) -> ModelCardData:
+    """The card's YAML metadata: library, pipeline tag and widget, tags, base model, datasets, licence, and the
+    model-index (the held-out modality matrix after training, then every evaluation)."""
+    hub_datasets = [d for d in (datasets or []) if is_hub_id(d)]
+    record_dataset = (run.record or {}).get("dataset")
+    if not datasets and is_hub_id(record_dataset):
+        hub_datasets = [record_dataset]
+    eval_results = holdout_eval_results(run, _dataset_label(run, datasets))
+    for evaluation, _ in evaluations:
+        eval_results += evaluation.eval_results()
+    return ModelCardData(
+        library_name="peft" if is_adapter else "transformers",
+        pipeline_tag=pipeline_tag,
+        tags=list(TAGS) + (list(ADAPTER_TAGS) if is_adapter else []),
+        base_model=base_model if is_hub_id(base_model) else None,
+        datasets=hub_datasets or None,
+        license=license,
+        model_name=repo_id.split("/")[-1],
+        eval_results=eval_results or None,
+        widget=WIDGETS[pipeline_tag],
+    )
+
+
+def load_evaluations(
+    run: RunInfo, eval_metrics: str | os.PathLike | None = None
+) -> list[tuple[EvaluationMetrics, list[str]]]:
+    """The evaluations a card reports, each with its plots (paths relative to the repository root): `eval_metrics` (a
+    file the user names: errors are raised; no plots) and the `gcl-eval` outputs found in the run directory (another
+    tool's files: unusable ones are skipped with a warning)."""
+    evaluations = [(EvaluationMetrics.from_file(eval_metrics), [])] if eval_metrics else []
+    for output in run.evaluations:
+        where = output.directory / "metrics.json"
+        try:
+            metrics = EvaluationMetrics.from_dict(output.metrics, default_name=output.directory.name, where=str(where))
+        except (ValueError, TypeError, AttributeError) as error:
+            logger.warning("Not reporting %s in the model card: %s", where, error)
+            continue
+        evaluations.append((metrics, [image.relative_to(run.output_dir).as_posix() for image in output.images]))
+    return evaluations
+
+
+def _evaluation_sections(evaluations: list[tuple[EvaluationMetrics, list[str]]]) -> str:
+    """Each evaluation's tables, followed by its plots."""
+    sections = []
+    for metrics, images in evaluations:
+        sections.append(metrics.table())
+        sections += [f"![{Path(image).stem}]({image})" for image in images]
+    return "\n\n".join(sections)
+
+
+def render_model_card(
+    output_dir: str | os.PathLike | RunInfo,
+    repo_id: str,
+    *,
+    base_model: str | None = None,
+    datasets: list[str] | None = None,
+    license: str | None = None,
+    eval_metrics: str | os.PathLike | None = None,
+    pipeline_tag: str = DEFAULT_PIPELINE_TAG,
+    lora: str | None = None,
+    library_url: str | None = None,
+    heatmap: str | None = None,
+    template_path: str | os.PathLike = MODEL_CARD_TEMPLATE,
+) -> ModelCard:
+    r"""
+    Render the model card of a `gcl-train` output directory.
+
+    Args:
+        output_dir: the run's directory, or a `RunInfo` read from it.
+        repo_id: `org/name` the card is written for (used in the usage code).
+        base_model: the Hub id trained from; default: the one in `gcl_training.json`.
+        datasets: Hub dataset ids trained on; default: the one in `gcl_training.json`, when it is a Hub id.
+        license: the model's licence id (`apache-2.0`, `mit`, ...); default: `apache-2.0` for a model trained from
+            scratch with gcl-hf, none otherwise (a fine-tune inherits its base model's licence: pass it).
+        eval_metrics: an evaluation `metrics.json` to report (see `EvaluationMetrics`) and put in the model-index.
+        pipeline_tag: the Hub widget's task, `zero-shot-image-classification` or `feature-extraction`.
+        lora: `"adapter"` for the card of a LoRA adapter repository, else the card of a full model.
+        library_url: where gcl-hf is published, linked from the card when given.
+        heatmap: the repository path of a heatmap of the held-out modality matrix; default: the one saved in the run
+            directory, if any.
+    """
+    if pipeline_tag not in WIDGETS:
+        raise ValueError(f"pipeline_tag {pipeline_tag!r} is not one of {', '.join(PIPELINE_TAGS)}.")
+    run = output_dir if isinstance(output_dir, RunInfo) else read_run(output_dir)
+    record = run.record or {}
+    base_model = base_model or record.get("base_model")
+    from_scratch = bool(record.get("from_scratch")) and base_model is None
+    if license is None and from_scratch:
+        license = "apache-2.0"
+    is_adapter = lora == "adapter"
+    evaluations = load_evaluations(run, eval_metrics)
+    config = run.config
+    fusion = config.get("fusion", "sum")
+    trained_scale = _trained_logit_scale(run.output_dir) if run.has_merged_model else None
+
+    card_data = build_card_data(run, repo_id, base_model=base_model, datasets=datasets, license=license,
+                                pipeline_tag=pipeline_tag, evaluations=evaluations, is_adapter=is_adapter)
+    if base_model:
+        base_model_text = (f"[{base_model}](https://huggingface.co/{base_model})" if is_hub_id(base_model)
+                           else f"`{base_model}`")
+    else:
+        base_model_text = ("none — randomly initialised" if from_scratch
+                           else "not recorded (pass `--base_model` to `gcl-push`)")
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(template_path),
+        title=repo_id.split("/")[-1],
+        summary=_summary(run, base_model, from_scratch, is_adapter),
+        provenance_warning=_provenance_warning(run, from_scratch),
+        repo_id=repo_id,
+        base_model=base_model,
+        base_model_text=base_model_text,
+        backbone=backbone_description(config),
+        method_text=("GCL" if run.loss == "gcl" else "CLIP (+CL) baseline") + (", LoRA" if record.get("use_lora") else ""),
+        library_link=f"[gcl-hf]({library_url})" if library_url else "gcl-hf",
+        dim=(config.get("encoder_config") or {}).get("projection_dim", "d"),
+        fusion=fusion,
+        fusion_text=FUSION_DESCRIPTIONS.get(fusion, f"`{fusion}`"),
+        temperature_text=temperature_policy(config, trained_scale) if config else "not recorded",
+        loss_text=loss_description(run.loss, config),
+        loss_pairs_table=loss_pairs_table(run.loss, config),
+        negatives_text=negatives_per_anchor(run.loss, run.per_device_batch_size, record.get("world_size", 1),
+                                            record.get("gather_across_devices", True)),
+        training_text=_training_text(run, datasets),
+        hyperparameters_text=_hyperparameters_text(run),
+        holdout_text=_holdout_text(run),
+        heatmap=heatmap or (run.heatmap.name if run.heatmap else None),
+        heatmap_caption=_heatmap_caption(run),
+        eval_tables=_evaluation_sections(evaluations),
+        limitations=_limitations(from_scratch),
+        citation=CITATION_FILE.read_text(encoding="utf-8").strip(),
+        is_adapter=is_adapter,
+        pipeline_tag=pipeline_tag,
+    )
