@@ -5,6 +5,7 @@ import io
 import os
 from dataclasses import dataclass, field
 
+import numpy as np
 import PIL.Image
 import torch
 
@@ -44,24 +45,60 @@ def _open_image(value, row, image_root: str | None) -> tuple[PIL.Image.Image, st
     raise BadSampleError(f"{_describe(row, None)}: image is a {type(value).__name__}, expected an image.")
 
 
-def load_rgb_image(value, row=None, image_root: str | None = None) -> PIL.Image.Image:
+def to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
+    """Convert any PIL mode to 8-bit RGB: transparency is composited on white (clip art is mostly transparent, and a
+    plain `convert("RGB")` would turn its background black), 16/32-bit grey is rescaled rather than clipped."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        low, high = float(array.min()), float(array.max())
+        scaled = (array - low) / (high - low) * 255.0 if high > low else np.zeros_like(array)
+        return PIL.Image.fromarray(scaled.round().astype(np.uint8), mode="L").convert("RGB")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        image = image.convert("RGBA")
+        background = PIL.Image.new("RGBA", image.size, (255, 255, 255, 255))
+        return PIL.Image.alpha_composite(background, image).convert("RGB")
+    return image.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
+
+
+def load_rgb_image(value, row=None, image_root: str | None = None, max_pixels: int | None = None) -> PIL.Image.Image:
     """Decode an image given as a PIL image, a path, raw bytes or a `datasets` `{"bytes", "path"}` dict, and convert
-    it to RGB. Raises `BadSampleError` naming the row and the file."""
+    it to RGB. Raises `BadSampleError` naming the row and the file.
+
+    `max_pixels` caps width × height, checked from the header before decoding, so a decompression bomb (a small file
+    that decodes to gigabytes) is refused cheaply; `None` keeps Pillow's own limit (`PIL.Image.MAX_IMAGE_PIXELS`).
+    """
     source = _source_of(value)
     try:
         image, source = _open_image(value, row, image_root)
+        if max_pixels is not None and image.width * image.height > max_pixels:
+            raise BadSampleError(
+                f"{_describe(row, source)}: image is {image.width}×{image.height} = {image.width * image.height:,} "
+                f"pixels, over the cap of {max_pixels:,} (max_image_pixels); a decompression bomb or a huge scan."
+            )
         image.load()  # decode now: a truncated or corrupt file fails here, not deep inside the processor
-        return image.convert("RGB")
+        if image.width < 1 or image.height < 1:
+            raise BadSampleError(f"{_describe(row, source)}: image has no pixels ({image.width}×{image.height}).")
+        return to_rgb(image)
     except BadSampleError:
         raise
     except FileNotFoundError:
         raise BadSampleError(f"{_describe(row, source)}: image file not found.") from None
-    except (OSError, SyntaxError, ValueError, PIL.Image.DecompressionBombError) as error:
-        raise BadSampleError(f"{_describe(row, source)}: cannot read image ({error}).") from None
+    except IsADirectoryError:
+        raise BadSampleError(f"{_describe(row, source)}: image path is a folder.") from None
+    except PIL.Image.DecompressionBombError as error:
+        raise BadSampleError(f"{_describe(row, source)}: refused as a decompression bomb ({error}).") from None
+    except (OSError, SyntaxError, ValueError, TypeError, EOFError, MemoryError) as error:
+        raise BadSampleError(f"{_describe(row, source)}: cannot read image ({type(error).__name__}: {error}).") from None
 
 
 def check_caption(value, row=None, source=None) -> str:
     """Return the caption stripped, or raise `BadSampleError` for an empty or non-string one."""
+    if value is None:
+        raise BadSampleError(f"{_describe(row, source)}: caption is missing (None).")
     if not isinstance(value, str):
         raise BadSampleError(f"{_describe(row, source)}: caption is a {type(value).__name__}, expected a string.")
     caption = value.strip()
@@ -91,6 +128,9 @@ class GCLCollator:
         skip_bad_samples (`bool`, defaults to `False`): skip a bad sample (unreadable, corrupt or missing image;
             empty or non-string caption) instead of raising, and report it under `gcl_skipped_samples`.
         image_root (`str`, *optional*): folder that relative image paths are resolved against.
+        max_image_pixels (`int`, *optional*): refuse (or, with `skip_bad_samples`, skip) images whose width × height
+            exceeds this, checked before decoding; default Pillow's limit of about 89 million pixels.
+    Captions longer than the text model takes are truncated.
     """
 
     processor: object
@@ -99,6 +139,7 @@ class GCLCollator:
     max_length: int | None = None
     skip_bad_samples: bool = False
     image_root: str | None = None
+    max_image_pixels: int | None = None
     return_skipped: bool = field(default=True, repr=False)
 
     def __call__(self, features: list[dict]) -> dict:
@@ -113,7 +154,7 @@ class GCLCollator:
                     )
                 image_value = feature[self.image_column]
                 caption = check_caption(feature[self.caption_column], row, _source_of(image_value))
-                image = load_rgb_image(image_value, row, self.image_root)
+                image = load_rgb_image(image_value, row, self.image_root, self.max_image_pixels)
             except BadSampleError as error:
                 if not self.skip_bad_samples:
                     raise

@@ -21,12 +21,17 @@ class DataError(ValueError):
     """Training data that cannot be used as given; the message names the file, row or column."""
 
 
-def _load_jsonl_pairs(path: Path, image_column: str) -> datasets.Dataset:
-    """A JSONL file of `{image_column: path, caption_column: text, ...}` rows; relative image paths are taken
-    relative to the file's folder."""
-    rows = []
-    with open(path, encoding="utf-8", errors="strict") as handle:
-        for line_number, line in enumerate(handle, start=1):
+def read_jsonl_objects(path: str | os.PathLike):
+    """Yield `(line_number, dict)` for each non-blank line of a JSONL file; invalid UTF-8, invalid JSON or a
+    non-object line raises `DataError` naming the file and line."""
+    with open(path, "rb") as handle:
+        for line_number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise DataError(
+                    f"{path}:{line_number}: not valid UTF-8 (byte {raw[error.start]:#04x} at column {error.start + 1})."
+                ) from None
             if not line.strip():
                 continue
             try:
@@ -35,9 +40,28 @@ def _load_jsonl_pairs(path: Path, image_column: str) -> datasets.Dataset:
                 raise DataError(f"{path}:{line_number}: not valid JSON ({error.msg}).") from None
             if not isinstance(row, dict):
                 raise DataError(f"{path}:{line_number}: expected a JSON object, got {type(row).__name__}.")
-            if image_column in row:  # a missing column is reported below, for the whole file
-                row[image_column] = _resolve_path(row[image_column], str(path.parent))
-            rows.append(row)
+            yield line_number, row
+
+
+def _check_imagefolder_metadata(folder: Path) -> None:
+    """Read an imagefolder's `metadata.jsonl` once, so a bad line is named here (file and line) instead of surfacing
+    as an opaque Arrow/JSON error inside `datasets`."""
+    metadata = folder / "metadata.jsonl"
+    if not metadata.exists():
+        return
+    for line_number, row in read_jsonl_objects(metadata):
+        if not isinstance(row.get("file_name"), str) or not row["file_name"]:
+            raise DataError(f"{metadata}:{line_number}: needs a non-empty string `file_name`, got {row.get('file_name')!r}.")
+
+
+def _load_jsonl_pairs(path: Path, image_column: str) -> datasets.Dataset:
+    """A JSONL file of `{image_column: path, caption_column: text, ...}` rows; relative image paths are taken
+    relative to the file's folder."""
+    rows = []
+    for line_number, row in read_jsonl_objects(path):
+        if image_column in row:  # a missing column is reported below, for the whole file
+            row[image_column] = _resolve_path(row[image_column], str(path.parent))
+        rows.append(row)
     if not rows:
         raise DataError(f"{path}: no rows.")
     try:
@@ -79,6 +103,7 @@ def load_image_caption_dataset(
     if path.is_dir():
         if not any((path / name).exists() for name in ("metadata.jsonl", "metadata.csv", "metadata.parquet")):
             raise DataError(f"{path}: an imagefolder needs a metadata.jsonl (or .csv) with file_name and caption.")
+        _check_imagefolder_metadata(path)
         dataset = datasets.load_dataset("imagefolder", data_dir=str(path), split=split, streaming=streaming)
     elif path.suffix == ".jsonl" and path.is_file() and streaming:
         dataset = datasets.load_dataset("json", data_files=str(path), split="train", streaming=True)

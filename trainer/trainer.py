@@ -3,15 +3,18 @@
 
 import logging
 import os
+import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 from transformers import Trainer, TrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from modeling_gcl import ALL_LOSS_PAIRS
 
+from .atomic import STAGING_PREFIX, remove_stale_staging
 from .collator import SKIPPED_SAMPLES_KEY, GCLCollator
 from .data import RowIndexedDataset
 from .losses import LOSSES, CachedLoss, build_loss
@@ -177,9 +180,9 @@ class GCLTrainer(Trainer):
         temperature = 1.0 / outputs.logit_scale
         if not torch.isfinite(loss):
             raise FloatingPointError(
-                f"Non-finite loss {loss.item()} at step {self.state.global_step} "
+                f"Non-finite loss {loss.item()} in training step {self.state.global_step + 1} "
                 f"(terms: { {k: v.item() for k, v in terms.items()} }, temperature {temperature.item():.4g}); "
-                "training stopped before anything was saved from this step."
+                "training stopped; nothing from this step was saved, earlier checkpoints are intact."
             )
         if model.training:
             for key, value in terms.items():
@@ -211,6 +214,64 @@ class GCLTrainer(Trainer):
         return result
 
     def _save(self, output_dir: str | None = None, state_dict=None):
+        check_finite_parameters(self.model, f"step {self.state.global_step}")
         super()._save(output_dir, state_dict)
         if hasattr(self.model, "peft_config") and self.args.should_save:
             save_extra_trainables(self.model, output_dir or self.args.output_dir)
+
+    def _save_checkpoint(self, model, trial):
+        """Write `checkpoint-N` under a hidden staging folder, then rename it into place, so a save that a crash
+        interrupts never leaves a `checkpoint-N` that `--resume_from_checkpoint` would pick up half-written
+        (`Trainer` writes checkpoints in place)."""
+        run_dir = self._get_output_dir(trial=trial)
+        staging_root = os.path.join(run_dir, f"{STAGING_PREFIX}checkpoints")
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        staged, final = os.path.join(staging_root, name), os.path.join(run_dir, name)
+        if self.args.should_save:
+            remove_stale_staging(run_dir)  # leftovers of an interrupted save
+        self.accelerator.wait_for_everyone()
+        self._get_output_dir = lambda trial=None: staging_root  # `Trainer._save_checkpoint` writes under this
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            del self._get_output_dir
+        best = self.state.best_model_checkpoint
+        if best and best.startswith(staging_root):  # Trainer recorded the staging path
+            self.state.best_model_checkpoint = os.path.join(run_dir, os.path.basename(best))
+            if self.args.should_save:
+                self.state.save_to_json(os.path.join(staged, "trainer_state.json"))
+        # Every process has written its RNG state into the staged folder before it is moved.
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            _publish_checkpoint(staged, final)
+            shutil.rmtree(staging_root, ignore_errors=True)
+            rotate_checkpoints(output_dir=run_dir, save_total_limit=self.args.save_total_limit,
+                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
+        self.accelerator.wait_for_everyone()
+
+
+def _publish_checkpoint(staged: str, final: str) -> None:
+    """Move a complete staged checkpoint to its final name (replacing an older one of the same step)."""
+    from .atomic import _fsync_path, _fsync_tree
+
+    _fsync_tree(staged)
+    if os.path.exists(final):
+        aside = f"{os.path.dirname(final)}/{STAGING_PREFIX}old-{os.path.basename(final)}"
+        shutil.rmtree(aside, ignore_errors=True)
+        os.replace(final, aside)
+        os.replace(staged, final)
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        os.replace(staged, final)
+    _fsync_path(os.path.dirname(final))
+
+
+def check_finite_parameters(model: torch.nn.Module, where: str) -> None:
+    """Refuse to save a model holding NaN or infinite weights (they would overwrite a good checkpoint)."""
+    bad = [name for name, parameter in model.named_parameters()
+           if parameter.is_floating_point() and not torch.isfinite(parameter.detach()).all()]
+    if bad:
+        raise FloatingPointError(
+            f"Not saving at {where}: {len(bad)} parameter tensor(s) hold NaN or inf, e.g. {bad[:5]}. "
+            "Earlier checkpoints are untouched; lower the learning rate or check the data and resume from one."
+        )

@@ -1,0 +1,393 @@
+"""Reliability: hostile inputs, non-finite training, atomic outputs, resume after a real kill, safe loading, fuzzing."""
+
+import ast
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from modeling_gcl import GCLModel
+from trainer import GCLCollator, GCLTrainer, GCLTrainingArguments
+from trainer.atomic import atomic_write_json, staged_directory, staged_files
+from trainer.collator import BadSampleError, load_rgb_image, to_rgb
+from trainer.data import DataError, load_image_caption_dataset, read_jsonl_objects
+from trainer.trainer import check_finite_parameters
+
+from .conftest import REPO_ROOT, make_small_clip
+
+
+def _image_bytes(image: PIL.Image.Image, format: str, **save_kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=format, **save_kwargs)
+    return buffer.getvalue()
+
+
+def _rgb_jpeg(size=(40, 30)) -> bytes:
+    array = np.random.default_rng(0).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+    return _image_bytes(PIL.Image.fromarray(array), "JPEG")
+
+
+# --- hostile images -------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def bad_files(tmp_path):
+    jpeg = _rgb_jpeg()
+    files = {
+        "truncated.jpg": jpeg[: len(jpeg) // 2],
+        "empty.jpg": b"",
+        "notes.jpg": b"these are my holiday notes, not a picture\n",
+    }
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    # 4,000 x 4,000 pixels of one colour: a few kB as PNG, 48 MB decoded.
+    PIL.Image.new("RGB", (4000, 4000), (10, 20, 30)).save(tmp_path / "bomb.png")
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("truncated.jpg", r"row 3 \(.*truncated.jpg\): cannot read image"),
+        ("empty.jpg", r"row 3 \(.*empty.jpg\): cannot read image"),
+        ("notes.jpg", r"row 3 \(.*notes.jpg\): cannot read image"),
+        ("bomb.png", r"row 3 \(.*bomb.png\): image is 4000×4000 = 16,000,000 pixels, over the cap of 1,000,000"),
+        ("missing.jpg", r"row 3 \(.*missing.jpg\): image file not found"),
+    ],
+)
+def test_hostile_images_raise_naming_row_and_file(bad_files, processor, name, message):
+    collator = GCLCollator(processor, max_image_pixels=1_000_000)
+    good = {"image": {"bytes": _rgb_jpeg(), "path": None}, "caption": "fine", "gcl_row_index": 2}
+    with pytest.raises(BadSampleError, match=message):
+        collator([good, {"image": str(bad_files / name), "caption": "a photo", "gcl_row_index": 3}])
+
+
+def test_hostile_images_are_counted_and_skipped_on_request(bad_files, processor):
+    collator = GCLCollator(processor, max_image_pixels=1_000_000, skip_bad_samples=True)
+    rows = [{"image": str(bad_files / name), "caption": "x", "gcl_row_index": i}
+            for i, name in enumerate(["truncated.jpg", "empty.jpg", "notes.jpg", "bomb.png"])]
+    rows.append({"image": {"bytes": _rgb_jpeg(), "path": None}, "caption": "the good one", "gcl_row_index": 9})
+    batch = collator(rows)
+    assert batch["pixel_values"].shape[0] == 1
+    assert len(batch["gcl_skipped_samples"]) == 4
+    assert all(f"row {i} " in message for i, message in enumerate(batch["gcl_skipped_samples"]))
+
+
+def test_pillow_decompression_bomb_limit_is_a_bad_sample(bad_files, monkeypatch):
+    monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 1_000_000)  # Pillow refuses over twice this
+    with pytest.raises(BadSampleError, match=r"row 5 \(.*bomb.png\): refused as a decompression bomb"):
+        load_rgb_image(str(bad_files / "bomb.png"), row=5)
+
+
+def _odd_images() -> dict[str, PIL.Image.Image]:
+    rgba = PIL.Image.new("RGBA", (20, 10), (255, 0, 0, 255))
+    rgba.putpixel((0, 0), (0, 0, 0, 0))  # fully transparent black
+    palette = PIL.Image.new("P", (12, 12), 0)
+    palette.putpalette([0, 0, 0, 200, 100, 50] + [0] * 762)
+    palette.putpixel((1, 1), 1)
+    transparent_palette = palette.copy()
+    transparent_palette.info["transparency"] = 0
+    sixteen = PIL.Image.fromarray(np.linspace(0, 65535, 64 * 48).reshape(48, 64).astype(np.uint16))
+    return {
+        "grayscale": PIL.Image.new("L", (30, 20), 128),
+        "binary": PIL.Image.new("1", (9, 9), 1),
+        "cmyk": PIL.Image.open(io.BytesIO(_image_bytes(PIL.Image.new("CMYK", (16, 16), (0, 255, 255, 0)), "JPEG"))),
+        "rgba": rgba,
+        "la": PIL.Image.new("LA", (8, 8), (50, 0)),
+        "palette": palette,
+        "palette_transparency": transparent_palette,
+        "one_pixel": PIL.Image.new("RGB", (1, 1), (1, 2, 3)),
+        "sixteen_bit": sixteen,
+    }
+
+
+@pytest.mark.parametrize("name", list(_odd_images()))
+def test_unusual_image_modes_are_accepted_as_rgb(processor, name):
+    image = _odd_images()[name]
+    buffer_format = "TIFF" if name == "sixteen_bit" else "PNG" if name != "cmyk" else "JPEG"
+    stored = _image_bytes(image, buffer_format)
+    converted = load_rgb_image({"bytes": stored, "path": f"{name}.img"}, row=0)
+    assert converted.mode == "RGB" and converted.size == image.size
+    batch = GCLCollator(processor)([{"image": {"bytes": stored, "path": None}, "caption": name}])
+    assert batch["pixel_values"].shape == (1, 3, 32, 32)
+    assert torch.isfinite(batch["pixel_values"]).all()
+
+
+def test_transparency_becomes_white_and_sixteen_bit_is_rescaled():
+    images = _odd_images()
+    assert to_rgb(images["rgba"]).getpixel((0, 0)) == (255, 255, 255)
+    assert to_rgb(images["rgba"]).getpixel((5, 5)) == (255, 0, 0)
+    assert to_rgb(images["palette_transparency"]).getpixel((0, 0)) == (255, 255, 255)
+    assert to_rgb(images["palette"]).getpixel((1, 1)) == (200, 100, 50)
+    sixteen = np.asarray(to_rgb(images["sixteen_bit"]))[..., 0]
+    assert sixteen.min() == 0 and sixteen.max() == 255 and len(np.unique(sixteen)) > 200  # not clipped to white
+
+
+# --- hostile captions -----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "caption, message",
+    [("", "caption is empty"), ("  \n\t", "caption is empty"), (None, r"caption is missing \(None\)"),
+     (42, "caption is a int"), (float("nan"), "caption is a float"), (["a", "b"], "caption is a list")],
+)
+def test_bad_captions_name_the_row(processor, caption, message):
+    row = {"image": {"bytes": _rgb_jpeg(), "path": "pic.jpg"}, "caption": caption, "gcl_row_index": 11}
+    with pytest.raises(BadSampleError, match=rf"row 11 \(pic.jpg\): {message}"):
+        GCLCollator(processor)([row])
+
+
+def test_very_long_captions_are_truncated(processor):
+    caption = "a very long caption about a cat " * 2000
+    batch = GCLCollator(processor)([{"image": {"bytes": _rgb_jpeg(), "path": None}, "caption": caption}])
+    assert batch["input_ids"].shape[1] == 77  # CLIP's text length
+    model = GCLModel.from_backbone(make_small_clip())
+    with torch.no_grad():
+        assert torch.isfinite(model(**batch).fused_embeds).all()
+
+
+# --- hostile metadata -----------------------------------------------------------------------------------------------
+
+def test_invalid_utf8_in_imagefolder_metadata_names_the_line(tmp_path):
+    PIL.Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    (tmp_path / "metadata.jsonl").write_bytes(
+        b'{"file_name": "a.png", "caption": "fine"}\n{"file_name": "a.png", "caption": "caf\xe9"}\n'
+    )
+    with pytest.raises(DataError, match=r"metadata.jsonl:2: not valid UTF-8 \(byte 0xe9 at column 39\)"):
+        load_image_caption_dataset(tmp_path)
+
+
+def test_imagefolder_metadata_without_file_name_names_the_line(tmp_path):
+    (tmp_path / "metadata.jsonl").write_text('{"file_name": "a.png", "caption": "x"}\n{"caption": "y"}\n')
+    with pytest.raises(DataError, match=r"metadata.jsonl:2: needs a non-empty string `file_name`"):
+        load_image_caption_dataset(tmp_path)
+
+
+def test_invalid_utf8_and_missing_columns_in_jsonl_pairs(tmp_path):
+    (tmp_path / "pairs.jsonl").write_bytes(b'{"image": "a.png", "caption": "ok"}\n\n{"image": "\xff.png", "caption": "x"}\n')
+    with pytest.raises(DataError, match=r"pairs.jsonl:3: not valid UTF-8"):
+        load_image_caption_dataset(tmp_path / "pairs.jsonl")
+    (tmp_path / "nocap.jsonl").write_text('{"image": "a.png", "text": "x"}\n')
+    with pytest.raises(DataError, match=r"missing column\(s\) \['caption'\].*text"):
+        load_image_caption_dataset(tmp_path / "nocap.jsonl")
+
+
+# --- non-finite training --------------------------------------------------------------------------------------------
+
+def _tiny_trainer(processor, sample_dataset, output_dir, **overrides):
+    args = dict(output_dir=str(output_dir), max_steps=4, save_steps=1, save_strategy="steps", logging_steps=1,
+                per_device_train_batch_size=8, learning_rate=1e-3, report_to="none", disable_tqdm=True, use_cpu=True)
+    args.update(overrides)
+    model = GCLModel.from_backbone(make_small_clip())
+    return GCLTrainer(model=model, args=GCLTrainingArguments(**args), train_dataset=sample_dataset.select(range(48)),
+                      processing_class=processor)
+
+
+def test_nan_embeddings_stop_training_naming_the_step_and_save_nothing_bad(tmp_path, processor, sample_dataset):
+    trainer = _tiny_trainer(processor, sample_dataset, tmp_path)
+    calls = {"n": 0}
+
+    def poison_third_step(module, inputs, output):  # the text tower turns NaN in step 3
+        calls["n"] += 1
+        if calls["n"] == 3:
+            return output * float("nan")
+
+    trainer.model.encoder.text_projection.register_forward_hook(poison_third_step)
+    with pytest.raises(FloatingPointError, match=r"Non-finite loss nan in training step 3 "):
+        trainer.train()
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    assert not list(tmp_path.glob(".gcl-staging*"))
+    reloaded = GCLModel.from_pretrained(tmp_path / "checkpoint-2")
+    assert all(torch.isfinite(p).all() for p in reloaded.parameters())
+
+
+def test_non_finite_weights_are_never_saved(tmp_path, processor, sample_dataset):
+    trainer = _tiny_trainer(processor, sample_dataset, tmp_path)
+    with torch.no_grad():
+        trainer.model.encoder.visual_projection.weight[0, 0] = float("inf")
+    with pytest.raises(FloatingPointError, match=r"encoder.visual_projection.weight"):
+        trainer.save_model(str(tmp_path / "final"))
+    assert not (tmp_path / "final" / "model.safetensors").exists()
+    with pytest.raises(FloatingPointError, match="Not saving at here"):
+        check_finite_parameters(trainer.model, "here")
+
+
+# --- atomic outputs -------------------------------------------------------------------------------------------------
+
+def _embed(model, batch):
+    with torch.no_grad():
+        return model(**batch).fused_embeds
+
+
+@pytest.mark.parametrize("crash_at", range(1, 8))
+def test_an_interrupted_model_save_never_loads_as_a_mixed_model(tmp_path, sample_batch, monkeypatch, crash_at):
+    """Simulate a crash at each rename of the final save: the folder then loads as the old model, the new model, or
+    not at all — never as a mixture."""
+    old, new = GCLModel.from_backbone(make_small_clip(seed=1)), GCLModel.from_backbone(make_small_clip(seed=2))
+    old.save_pretrained(tmp_path)
+    (tmp_path / "checkpoint-5").mkdir()  # other contents of an output folder stay
+    real_replace, calls = os.replace, {"n": 0}
+
+    def crashing_replace(source, target):
+        calls["n"] += 1
+        if calls["n"] == crash_at:
+            raise KeyboardInterrupt("simulated crash")
+        return real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", crashing_replace)
+    try:
+        with staged_files(tmp_path) as staging:
+            new.save_pretrained(staging)
+        crashed = False
+    except KeyboardInterrupt:
+        crashed = True
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert (tmp_path / "checkpoint-5").is_dir()
+    if (tmp_path / "config.json").exists():
+        loaded = _embed(GCLModel.from_pretrained(tmp_path), sample_batch)
+        matches = [torch.allclose(loaded, _embed(m, sample_batch), atol=1e-6) for m in (old, new)]
+        assert matches == [False, True] if not crashed else any(matches)
+    else:
+        assert crashed
+        with pytest.raises(Exception):
+            GCLModel.from_pretrained(tmp_path)
+
+
+def test_staged_directory_keeps_the_old_output_when_the_writer_fails(tmp_path):
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report" / "metrics.json").write_text('{"old": 1}')
+    with pytest.raises(RuntimeError):
+        with staged_directory(tmp_path / "report") as staging:
+            (staging / "metrics.json").write_text('{"new"')
+            raise RuntimeError("writer failed")
+    assert json.loads((tmp_path / "report" / "metrics.json").read_text()) == {"old": 1}
+    with staged_directory(tmp_path / "report") as staging:
+        (staging / "metrics.json").write_text('{"new": 2}')
+    assert json.loads((tmp_path / "report" / "metrics.json").read_text()) == {"new": 2}
+    assert [p.name for p in tmp_path.iterdir()] == ["report"]
+    atomic_write_json(tmp_path / "r.json", {"a": 1})
+    assert json.loads((tmp_path / "r.json").read_text()) == {"a": 1}
+
+
+def _driver(output_dir, *flags, wait=True):
+    command = [sys.executable, "-m", "tests.train_driver", str(output_dir), *flags]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    if wait:
+        output, _ = process.communicate(timeout=300)
+        assert process.returncode == 0, output.decode()[-3000:]
+    return process
+
+
+@pytest.mark.slow
+def test_killed_midway_through_a_checkpoint_and_resumed_reproduces_the_uninterrupted_losses(tmp_path):
+    """Kill (SIGKILL) a run while it writes checkpoint-4; resume from the last complete checkpoint (2) and compare the
+    losses of steps 3–6 with an uninterrupted run. Tolerance: 1e-6 absolute (the same CPU kernels, same seed and data
+    order; observed equality is exact)."""
+    _driver(tmp_path / "straight")
+    expected = json.loads((tmp_path / "straight" / "losses.json").read_text())
+
+    run_dir = tmp_path / "killed"
+    process = _driver(run_dir, "--hang_in_save_at", "4", wait=False)
+    deadline = time.monotonic() + 240
+    while not (run_dir / "hanging").exists():
+        assert process.poll() is None, process.stdout.read().decode()[-3000:]
+        assert time.monotonic() < deadline, "the run never reached the save of step 4"
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    # The interrupted checkpoint is not visible under its final name; the previous one is complete.
+    assert sorted(p.name for p in run_dir.glob("checkpoint-*")) == ["checkpoint-2"]
+    assert (run_dir / "checkpoint-2" / "trainer_state.json").exists()
+    assert list(run_dir.glob(".gcl-staging*")), "the half-written checkpoint should be in the staging folder"
+
+    (run_dir / "hanging").unlink()
+    _driver(run_dir, "--resume")
+    resumed = json.loads((run_dir / "losses.json").read_text())
+    assert sorted(resumed) == ["3", "4", "5", "6"]
+    for step, loss in resumed.items():
+        assert loss == pytest.approx(expected[step], abs=1e-6), step
+    assert sorted(p.name for p in run_dir.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
+    assert not list(run_dir.glob(".gcl-staging*"))
+
+
+# --- safe loading ---------------------------------------------------------------------------------------------------
+
+def _python_files():
+    for folder in ("modeling_gcl", "trainer", "hub_cards", "benchmarks", "examples"):
+        yield from (REPO_ROOT / folder).rglob("*.py")
+
+
+def test_every_torch_load_passes_weights_only_true():
+    offenders = []
+    for path in _python_files():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "load" and \
+                    getattr(node.func.value, "id", None) == "torch":
+                safe = any(k.arg == "weights_only" and getattr(k.value, "value", None) is True for k in node.keywords)
+                if not safe:
+                    offenders.append(f"{path.relative_to(REPO_ROOT)}:{node.lineno}")
+    assert not offenders, f"torch.load without weights_only=True: {offenders}"
+
+
+def test_trust_remote_code_is_never_switched_on_by_the_library():
+    """The library never passes `trust_remote_code=True` on its own: a user opts in for a repository they trust."""
+    offenders = []
+    for path in _python_files():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.keyword) and node.arg == "trust_remote_code" and \
+                    getattr(node.value, "value", None) is True:
+                offenders.append(f"{path.relative_to(REPO_ROOT)}:{node.value.lineno}")
+    assert not offenders, offenders
+
+
+# --- fuzzing --------------------------------------------------------------------------------------------------------
+
+_values = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True), st.text(max_size=30), st.binary(max_size=64),
+    st.lists(st.integers(), max_size=3), st.dictionaries(st.sampled_from(["bytes", "path", "x"]),
+                                                         st.one_of(st.none(), st.binary(max_size=32), st.text(max_size=8))),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(st.dictionaries(st.sampled_from(["image", "caption", "other"]), _values), min_size=1, max_size=4))
+def test_collator_fuzz_either_collates_or_names_the_bad_row(processor, rows):
+    rows = [{**row, "gcl_row_index": i} for i, row in enumerate(rows)]
+    try:
+        batch = GCLCollator(processor)(rows)
+    except BadSampleError as error:
+        assert "row " in str(error)
+    else:
+        assert batch["pixel_values"].shape[0] == len(rows)
+    batch_or_none = None
+    try:
+        batch_or_none = GCLCollator(processor, skip_bad_samples=True)(rows)
+    except BadSampleError as error:
+        assert "every sample of a batch" in str(error)
+    if batch_or_none is not None:
+        kept = batch_or_none["pixel_values"].shape[0]
+        assert kept + len(batch_or_none["gcl_skipped_samples"]) == len(rows)
+
+
+@settings(max_examples=100, deadline=None)
+@given(lines=st.lists(st.one_of(st.binary(max_size=40), st.just(b'{"image": "a.png", "caption": "x"}'),
+                                st.just(b"[1, 2]"), st.just(b"\xff\xfe")), min_size=1, max_size=6))
+def test_jsonl_reader_fuzz_either_reads_objects_or_names_the_line(tmp_path_factory, lines):
+    path = tmp_path_factory.mktemp("fuzz") / "rows.jsonl"
+    path.write_bytes(b"\n".join(line.replace(b"\n", b" ") for line in lines) + b"\n")
+    try:
+        rows = list(read_jsonl_objects(path))
+    except DataError as error:
+        assert str(error).startswith(f"{path}:")
+    else:
+        assert all(isinstance(row, dict) for _, row in rows)
