@@ -355,10 +355,11 @@ class GCLModel(GCLPreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
-        model = super().from_pretrained(*args, **kwargs)
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded  # `output_loading_info=True` returns a tuple
         # Loading materialises fresh parameters, all trainable; a fixed temperature stays fixed.
         model.encoder.logit_scale.requires_grad_(model.config.learnable_temperature)
-        return model
+        return loaded
 
     def get_logit_scale(self) -> torch.Tensor:
         """`1 / τ` as a scalar tensor: `exp(logit_scale)`, clamped at `config.max_logit_scale`."""

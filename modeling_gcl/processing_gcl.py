@@ -4,7 +4,7 @@
 Self-contained (imports only `transformers`) so it can be uploaded to the Hub as remote code.
 """
 
-from transformers import AutoImageProcessor, AutoTokenizer
+from transformers import AutoImageProcessor, AutoTokenizer, CLIPImageProcessorPil
 from transformers.processing_utils import ProcessorMixin
 
 
@@ -29,11 +29,52 @@ class GCLProcessor(ProcessorMixin):
             tokenizer=AutoTokenizer.from_pretrained(backbone, **kwargs),
         )
 
+    @classmethod
+    def for_vista(
+        cls, text_model: str, image_size: int = 224, num_image_tokens: int | None = None, **kwargs
+    ) -> "GCLProcessor":
+        r"""
+        The processor of a VISTA (Visualized-BGE) model: the text model's tokenizer and EVA02-CLIP's evaluation
+        transform (shorter side resized to `image_size`, bicubic and antialiased through PIL; centre crop; RGB; CLIP's
+        mean and std).
+
+        Args:
+            text_model (`str`): Hub id or directory of the text encoder (`"BAAI/bge-base-en-v1.5"`, `"BAAI/bge-m3"`).
+            image_size (`int`, defaults to 224): the vision tower's resolution.
+            num_image_tokens (`int`, *optional*): patch tokens per image (196 for B/16). When given, the tokenizer's
+                `model_max_length` is lowered so a fused item (image tokens + text) fits the position table.
+        """
+        # VISTA embeds every text as segment 0, so the BERT tokenizer need not return token_type_ids.
+        tokenizer = AutoTokenizer.from_pretrained(text_model, model_input_names=["input_ids", "attention_mask"], **kwargs)
+        if num_image_tokens is not None:
+            tokenizer.model_max_length = min(tokenizer.model_max_length, _text_positions(text_model, kwargs) - num_image_tokens)
+        # The PIL image processor: PIL's bicubic resize antialiases as EVA02-CLIP's transform does, and it needs no
+        # torchvision.
+        image_processor = CLIPImageProcessorPil(
+            size={"shortest_edge": image_size},
+            crop_size={"height": image_size, "width": image_size},
+            resample=3,  # bicubic
+            do_center_crop=True,
+            do_convert_rgb=True,
+            image_mean=[0.48145466, 0.4578275, 0.40821073],
+            image_std=[0.26862954, 0.26130258, 0.27577711],
+        )
+        return cls(image_processor=image_processor, tokenizer=tokenizer)
+
     @property
     def max_text_length(self) -> int | None:
         """The tokenizer's maximum sequence length (77 for CLIP), or `None` when it sets none."""
         length = getattr(self.tokenizer, "model_max_length", None)
         return length if length is not None and length < 100_000 else None
+
+
+def _text_positions(text_model: str, kwargs) -> int:
+    """Usable positions of a text encoder: `max_position_embeddings` (XLM-R's padding offset is not used by VISTA's
+    fused positions, which start at 0)."""
+    from transformers import AutoConfig
+
+    config_kwargs = {k: v for k, v in kwargs.items() if k in ("revision", "token", "cache_dir", "local_files_only")}
+    return AutoConfig.from_pretrained(text_model, **config_kwargs).max_position_embeddings
 
 
 __all__ = ["GCLProcessor"]
