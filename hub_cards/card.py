@@ -56,6 +56,8 @@ FUSION_DESCRIPTIONS = {
            "L2-normalised",
     "normalized_sum": "`normalized_sum` — each projection L2-normalised, summed, then L2-normalised",
     "mean": "`mean` — the mean of the unnormalised projections, then L2-normalised (the same direction as `sum`)",
+    "tokens": "`tokens` — VISTA: the image's patch tokens are inserted after the text's [CLS] and the joint sequence "
+              "runs through the text encoder; the [CLS] output, L2-normalised, is the embedding",
     "attention": "`attention` — learnable attention pooling over the two projections (a linear score per vector, "
                  "softmax over the two, weighted sum), then L2-normalised",
 }
@@ -149,9 +151,19 @@ def loss_pairs_table(loss: str, config: dict[str, Any]) -> str:
 
 
 def backbone_description(config: dict[str, Any]) -> str:
+    """One line on the wrapped backbone, from the saved `config.json` (CLIP dual encoder or VISTA)."""
+    if config.get("backbone_type") == "vista":
+        vista = config.get("vista_config") or {}
+        vision, text = vista.get("vision_config") or {}, vista.get("text_config") or {}
+        return (
+            f"VISTA (Visualized-BGE) — text: `{text.get('model_type', 'bert')}` encoder, "
+            f"{text.get('num_hidden_layers')} layers of width {text.get('hidden_size')}; vision: EVA02-CLIP tower, "
+            f"{vision.get('num_hidden_layers')} layers of width {vision.get('hidden_size')}, {vision.get('image_size')}-px "
+            f"images, {vision.get('patch_size')}-px patches, whose patch tokens enter the text encoder after [CLS]"
+        )
     encoder = config.get("encoder_config") or {}
     vision, text = encoder.get("vision_config") or {}, encoder.get("text_config") or {}
-    if not vision or not text:  # not a CLIP layout: name the backbone only
+    if not vision or not text:  # an unknown layout: name the backbone only
         return f"`{encoder.get('model_type', 'unknown')}` encoder" if encoder else "not recorded"
     return (
         f"{encoder.get('model_type', 'clip').upper()} dual encoder — vision: {vision.get('num_hidden_layers')} layers "
@@ -159,6 +171,13 @@ def backbone_description(config: dict[str, Any]) -> str:
         f"patches; text: {text.get('num_hidden_layers')} layers of width {text.get('hidden_size')}, "
         f"{text.get('max_position_embeddings')} tokens; shared projection of dimension {encoder.get('projection_dim')}"
     )
+
+
+def embedding_dim(config: dict[str, Any]) -> int | str:
+    """The size of the shared embedding space: CLIP's projection, VISTA's text hidden size."""
+    if config.get("backbone_type") == "vista":
+        return ((config.get("vista_config") or {}).get("text_config") or {}).get("hidden_size", "d")
+    return (config.get("encoder_config") or {}).get("projection_dim", "d")
 
 
 def is_hub_id(name: str | None) -> bool:
@@ -580,7 +599,7 @@ def render_model_card(
         backbone=backbone_description(config),
         method_text=("GCL" if run.loss == "gcl" else "CLIP (+CL) baseline") + (", LoRA" if record.get("use_lora") else ""),
         library_link=f"[gcl-hf]({library_url})" if library_url else "gcl-hf",
-        dim=(config.get("encoder_config") or {}).get("projection_dim", "d"),
+        dim=embedding_dim(config),
         fusion=fusion,
         fusion_text=FUSION_DESCRIPTIONS.get(fusion, f"`{fusion}`"),
         temperature_text=temperature_policy(config, trained_scale) if config else "not recorded",

@@ -162,50 +162,56 @@ ISOLATED_SCRIPT = textwrap.dedent(
     from safetensors.torch import save_file
     from transformers import AutoModel, AutoProcessor, pipeline
 
-    repo, out = sys.argv[1], sys.argv[2]
     images = [Image.fromarray(((np.arange(40 * 48 * 3).reshape(40, 48, 3) * (7 + 13 * i)) % 251).astype(np.uint8))
               for i in range(3)]
     texts = {texts!r}
-    model = AutoModel.from_pretrained(repo, trust_remote_code=True).eval()
-    processor = AutoProcessor.from_pretrained(repo, trust_remote_code=True)
-    inputs = processor(images=images, text=texts, return_tensors="pt", padding=True)
-    with torch.no_grad():
-        outputs = model(**inputs)
-    embed = pipeline("feature-extraction", model=repo, trust_remote_code=True)
-    classify = pipeline("zero-shot-image-classification", model=repo, trust_remote_code=True)
-    tensors = {{key: inputs[key].contiguous() for key in ("pixel_values", "input_ids", "attention_mask")}}
-    tensors.update({{key: outputs[key].contiguous() for key in ("image_embeds", "text_embeds", "fused_embeds")}})
-    tensors["pipeline_fused"] = torch.tensor(embed({{"image": images[0], "text": texts[0]}}))
-    tensors["pipeline_text"] = torch.tensor(embed(texts[1]))
-    save_file(tensors, out + ".safetensors")
-    json.dump({{"model_module": type(model).__module__, "processor_module": type(processor).__module__,
-               "pipeline_class": type(embed).__name__,
-               "zero_shot": classify(images[0], candidate_labels=texts, hypothesis_template="{{}}")}},
-              open(out + ".json", "w"))
+    for repo, out in zip(sys.argv[1::2], sys.argv[2::2]):
+        model = AutoModel.from_pretrained(repo, trust_remote_code=True).eval()
+        processor = AutoProcessor.from_pretrained(repo, trust_remote_code=True)
+        inputs = processor(images=images, text=texts, return_tensors="pt", padding=True)
+        with torch.no_grad():
+            outputs = model(**inputs)
+        embed = pipeline("feature-extraction", model=repo, trust_remote_code=True)
+        classify = pipeline("zero-shot-image-classification", model=repo, trust_remote_code=True)
+        tensors = {{key: inputs[key].contiguous() for key in ("pixel_values", "input_ids", "attention_mask")}}
+        tensors.update({{key: outputs[key].contiguous() for key in ("image_embeds", "text_embeds", "fused_embeds")}})
+        tensors["pipeline_fused"] = torch.tensor(embed({{"image": images[0], "text": texts[0]}}))
+        tensors["pipeline_text"] = torch.tensor(embed(texts[1]))
+        save_file(tensors, out + ".safetensors")
+        json.dump({{"model_module": type(model).__module__, "processor_module": type(processor).__module__,
+                   "pipeline_class": type(embed).__name__,
+                   "zero_shot": classify(images[0], candidate_labels=texts, hypothesis_template="{{}}")}},
+                  open(out + ".json", "w"))
     """
 )
 
 
-@pytest.mark.slow
-def test_export_loads_with_remote_code_on_a_machine_without_the_library(export, original_model, tmp_path):
-    site_packages = sysconfig.get_paths()["purelib"]
-    script = tmp_path / "load_without_library.py"
-    script.write_text(ISOLATED_SCRIPT.format(site_packages=site_packages, texts=TEXTS))
-    env = {"PATH": os.environ.get("PATH", ""), "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false"}
-    # -I: no PYTHONPATH, no user site, no script directory; -S: no site-packages .pth files (the editable install).
-    result = subprocess.run([sys.executable, "-I", "-S", str(script), str(export.path), str(tmp_path / "out")],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads((tmp_path / "out.json").read_text())
+def make_tiny_vista_run(path: Path, processor) -> GCLModel:
+    """A VISTA-backbone run directory (BERT-style text encoder + EVA02-CLIP tower, both tiny and random). The bundled
+    CLIP tokenizer stands in for BERT's, with its [CLS]/[SEP] ids: only loading is tested here, not quality."""
+    torch.manual_seed(11)
+    text = dict(model_type="bert", vocab_size=49408, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                intermediate_size=64, max_position_embeddings=128)
+    vision = dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                  intermediate_size=64, rope_pretrain_grid=4)
+    config = GCLConfig(backbone_type="vista", vista_config=dict(text_config=text, vision_config=vision,
+                                                                 cls_token_id=49406, sep_token_id=49407))
+    model = GCLModel(config).eval()
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return model
+
+
+def check_remote_outputs(out: Path, original: GCLModel) -> None:
+    """Compare what the isolated process computed from the export with the library model (atol 1e-6)."""
+    report = json.loads(out.with_suffix(".json").read_text())
     assert report["model_module"].startswith("transformers_modules.")  # the repository's code, not the library's
     assert report["processor_module"].startswith("transformers_modules.")
     assert report["pipeline_class"] == "GCLFeatureExtractionPipeline"
-
-    remote = load_file(tmp_path / "out.safetensors")
+    remote = load_file(out.with_suffix(".safetensors"))
     with torch.no_grad():
-        local = original_model(pixel_values=remote["pixel_values"], input_ids=remote["input_ids"],
-                               attention_mask=remote["attention_mask"])
+        local = original(pixel_values=remote["pixel_values"], input_ids=remote["input_ids"],
+                         attention_mask=remote["attention_mask"])
     for key in ("image_embeds", "text_embeds", "fused_embeds"):
         torch.testing.assert_close(remote[key], local[key], atol=1e-6, rtol=0)
     torch.testing.assert_close(remote["pipeline_fused"], local["fused_embeds"][0], atol=1e-6, rtol=0)
@@ -213,6 +219,28 @@ def test_export_loads_with_remote_code_on_a_machine_without_the_library(export, 
     expected = (local.logits_per_image[0]).softmax(-1)
     scores = {item["label"]: item["score"] for item in report["zero_shot"]}
     assert scores == pytest.approx({text: p.item() for text, p in zip(TEXTS, expected)}, abs=1e-5)
+
+
+@pytest.mark.slow
+def test_export_loads_with_remote_code_on_a_machine_without_the_library(export, original_model, processor, tmp_path):
+    """Both backbones (CLIP and VISTA, whose code spans more modules) load from their exports in a Python that cannot
+    import this library, and give the library's embeddings; a module the export lacked would fail the load."""
+    vista_model = make_tiny_vista_run(tmp_path / "vista_run", processor)
+    vista_export = prepare_export_dir(tmp_path / "vista_run", tmp_path / "vista_repo", REPO_ID)
+    assert {"modeling_vista.py", "modeling_eva.py", "configuration_vista.py"} <= set(vista_export.files)
+
+    site_packages = sysconfig.get_paths()["purelib"]
+    script = tmp_path / "load_without_library.py"
+    script.write_text(ISOLATED_SCRIPT.format(site_packages=site_packages, texts=TEXTS))
+    env = {"PATH": os.environ.get("PATH", ""), "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1",
+           "TOKENIZERS_PARALLELISM": "false"}
+    # -I: no PYTHONPATH, no user site, no script directory; -S: no site-packages .pth files (the editable install).
+    command = [sys.executable, "-I", "-S", str(script), str(export.path), str(tmp_path / "clip"),
+               str(vista_export.path), str(tmp_path / "vista")]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    check_remote_outputs(tmp_path / "clip", original_model)
+    check_remote_outputs(tmp_path / "vista", vista_model)
 
 
 def test_remote_code_check_names_a_missing_or_library_dependent_file(export, tmp_path):
