@@ -56,6 +56,11 @@ class ModelArguments:
     merge_lora: bool = field(
         default=True, metadata={"help": "With --use_lora: also save the merged model in output_dir (adapter in output_dir/adapter)."}
     )
+    push_lora_as: str | None = field(
+        default=None,
+        metadata={"help": "With --use_lora --push_to_hub: push the LoRA 'adapter' or the 'merged' model (default: merged "
+                          "when --merge_lora, else the adapter).", "choices": ["adapter", "merged"]},
+    )
 
 
 @dataclass
@@ -145,6 +150,14 @@ def run(argv: list[str] | None = None) -> dict:
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
     set_seed(training_args.seed)
 
+    # --push_to_hub: checked now (repository id, token) and done by hub_cards after saving, with remote code and card.
+    from hub_cards.publish import HubPublishError, take_over_push_to_hub
+
+    try:
+        hub_repo_id = take_over_push_to_hub(training_args, model_args.push_lora_as, model_args.merge_lora)
+    except (HubPublishError, ValueError) as error:
+        raise SystemExit(f"gcl-train: {error}") from error
+
     from_scratch = model_args.model_name_or_path is None
     if from_scratch:
         applied = {key: value for key, value in FROM_SCRATCH_DEFAULTS.items() if key not in explicit}
@@ -214,7 +227,24 @@ def run(argv: list[str] | None = None) -> dict:
     if training_args.should_save:
         with open(os.path.join(output_dir, "retrieval_holdout.json"), "w", encoding="utf-8") as handle:
             json.dump(results, handle, indent=2)
+    if training_args.should_save:
+        from hub_cards import write_training_record  # what a model card reports that the model files do not hold
+
+        write_training_record(
+            output_dir, training_args, base_model=model_args.model_name_or_path, dataset=data_args.train_data,
+            train_pairs=None if data_args.streaming else len(train_set),
+            holdout_pairs=0 if holdout is None else len(holdout),
+        )
     print(f"gcl-train: saved to {output_dir}", flush=True)
+    if hub_repo_id is not None and training_args.should_save:
+        from hub_cards import push_to_hub
+
+        try:
+            url = push_to_hub(output_dir, hub_repo_id, token=training_args.hub_token,
+                              private=training_args.hub_private_repo, lora=model_args.push_lora_as)
+        except HubPublishError as error:  # the trained model is saved; only the upload is left to redo
+            raise SystemExit(f"gcl-train: {error}") from error
+        print(f"gcl-train: pushed to https://huggingface.co/{hub_repo_id} ({url})", flush=True)
     return results
 
 
