@@ -102,6 +102,8 @@ def infer_vision_config(state_dict: Mapping[str, torch.Tensor], head_dim: int = 
     except KeyError as error:
         raise ConversionError(f"Not a Visualized-BGE checkpoint: no {error.args[0]}.") from error
     layers = len({name.split(".")[3] for name in state_dict if name.startswith(VISUAL + "blocks.")})
+    if width % head_dim:
+        raise ConversionError(f"The vision width {width} is not a multiple of the head size {head_dim}.")
     grid = math.isqrt(num_patches)
     if grid * grid != num_patches:
         raise ConversionError(f"{VISUAL}pos_embed has {num_patches} patch rows, not a square grid.")
@@ -172,12 +174,18 @@ def load_checkpoint(path: str) -> dict[str, torch.Tensor]:
 
 
 def convert(
-    checkpoint: str, text_model: str, output_dir: str, dtype: str = "float32", overwrite: bool = False, **hub_kwargs
+    checkpoint: str,
+    text_model: str,
+    output_dir: str,
+    dtype: str = "float32",
+    overwrite: bool = False,
+    vision_head_dim: int = EVA_HEAD_DIM,
+    **hub_kwargs,
 ) -> str:
     state_dict = load_checkpoint(checkpoint)
     text_config = AutoConfig.from_pretrained(text_model, **hub_kwargs)
     tokenizer = AutoTokenizer.from_pretrained(text_model, **hub_kwargs)
-    config = build_vista_config(state_dict, text_config, tokenizer.cls_token_id, tokenizer.sep_token_id)
+    config = build_vista_config(state_dict, text_config, tokenizer.cls_token_id, tokenizer.sep_token_id, vision_head_dim)
     model = convert_vista_state_dict(state_dict, config, DTYPES[dtype])
     vision = config.vista_config.vision_config
     processor = GCLProcessor.for_vista(text_model, image_size=vision.image_size, num_image_tokens=vision.num_patches,
@@ -200,13 +208,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES),
                         help="dtype of the saved weights (the released files are float16; VISTA runs in float32)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output_dir")
+    parser.add_argument("--vision_head_dim", type=int, default=EVA_HEAD_DIM,
+                        help="attention head size of the EVA tower (64 in EVA02-CLIP B/16 and L/14)")
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        convert(args.checkpoint, args.text_model, args.output_dir, dtype=args.dtype, overwrite=args.overwrite)
+        convert(args.checkpoint, args.text_model, args.output_dir, dtype=args.dtype, overwrite=args.overwrite,
+                vision_head_dim=args.vision_head_dim)
     except (ConversionError, FileExistsError) as error:
         print(f"gcl-convert-vista: {error}", file=sys.stderr)
         return 1
