@@ -1,0 +1,133 @@
+"""The modality-matrix evaluator on a real (small) model, `gcl-eval` on every suite, plots with and without
+matplotlib, and the periodic evaluation callback inside `GCLTrainer`."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from modeling_gcl import GCLModel
+from trainer import GCLTrainer, GCLTrainingArguments
+from trainer.data import BUNDLED_SAMPLE_DIR
+from trainer.eval_cli import run as gcl_eval
+from trainer.evaluation import GCLEmbedder, ModalityMatrixEvaluator, encode_pairs, modality_matrix
+from trainer.evaluation.callback import add_retrieval_evaluation
+
+from .conftest import make_small_clip
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory, processor):
+    """A plain CLIP directory (the "pretrained" row, wrapped with score fusion by gcl-eval) and a GCL checkpoint."""
+    root = tmp_path_factory.mktemp("checkpoints")
+    clip = make_small_clip(seed=3)
+    clip.save_pretrained(root / "clip")
+    processor.image_processor.save_pretrained(root / "clip")
+    processor.tokenizer.save_pretrained(root / "clip")
+    GCLModel.from_backbone(make_small_clip(seed=4)).save_pretrained(root / "gcl")
+    processor.save_pretrained(root / "gcl")
+    return root
+
+
+def test_matrix_evaluator_matches_the_model_forward(small_gcl_model, processor, sample_dataset):
+    pairs = sample_dataset.select(range(24))
+    evaluator = ModalityMatrixEvaluator(pairs, show_progress=False, batch_size=10)
+    output = evaluator(small_gcl_model, processor)
+    # The evaluator's own encoder (image/text passes + fusion) gives what GCLModel.forward gives.
+    reference = encode_pairs(small_gcl_model, processor, pairs, batch_size=24, show_progress=False)
+    for modality in ("i", "t", "it"):
+        torch.testing.assert_close(evaluator.last_embeddings[modality], reference[modality], atol=1e-5, rtol=1e-4)
+    expected = modality_matrix(reference, metrics=evaluator.metrics)
+    assert output["results"].keys() == expected.keys()
+    for cell in expected:
+        assert output["results"][cell] == pytest.approx(expected[cell])
+    assert output["num_pairs"] == 24 and set(output["modality_gap"]) == {"centroid_distance", "matched_cosine"}
+    with pytest.raises(ValueError, match="row 1: caption '' is empty"):
+        ModalityMatrixEvaluator([{"image": "a.jpg", "caption": "x"}, {"image": "b.jpg", "caption": ""}])
+
+
+@pytest.mark.slow
+def test_gcl_eval_matrix_on_a_plain_clip_writes_outputs(checkpoints, tmp_path, capsys):
+    out = tmp_path / "matrix"
+    written = gcl_eval(["--model", str(checkpoints / "clip"), "--suite", "matrix", "--data", str(BUNDLED_SAMPLE_DIR),
+                        "--max_samples", "20", "--output_dir", str(out), "--no_progress", "--batch_size", "8",
+                        "--device", "cpu"])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics == json.loads(json.dumps(written))
+    assert metrics["model"]["fusion"] == "sum" and metrics["num_pairs"] == 20
+    assert set(metrics["results"]) == {"t2i", "i2t", "t2it", "i2it", "it2t", "it2i"}
+    # The "pretrained" row: the CLIP wrapped with score fusion gives the same numbers as evaluating that wrap directly.
+    from trainer.backbones import load_model_and_processor
+    from trainer.data import load_image_caption_dataset
+
+    model, processor = load_model_and_processor(str(checkpoints / "clip"))
+    direct = ModalityMatrixEvaluator(load_image_caption_dataset(BUNDLED_SAMPLE_DIR).select(range(20)),
+                                     show_progress=False)(embedder=GCLEmbedder(model.eval(), processor))
+    assert metrics["results"]["it2i"] == pytest.approx(direct["results"]["it2i"])
+    report = (out / "report.md").read_text()
+    assert "| t → it |" in report and "![modality_matrix](modality_matrix.png)" in report
+    assert (out / "modality_matrix.png").stat().st_size > 1000 and (out / "embedding_pca.png").stat().st_size > 1000
+    assert not list(out.glob("*.tmp"))
+
+
+def test_gcl_eval_without_matplotlib_skips_plots(checkpoints, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    out = tmp_path / "noplots"
+    gcl_eval(["--model", str(checkpoints / "gcl"), "--suite", "matrix", "--max_samples", "12", "--output_dir",
+              str(out), "--no_progress"])
+    assert (out / "metrics.json").is_file() and not list(out.glob("*.png"))
+    assert "matplotlib is not installed" in (out / "report.md").read_text()
+    assert "matplotlib is not installed" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_gcl_eval_mbeir_mmeb_covr_suites(checkpoints, tmp_path):
+    model = ["--model", str(checkpoints / "gcl"), "--no_progress", "--device", "cpu"]
+    mbeir = gcl_eval([*model, "--suite", "mbeir", "--data", str(FIXTURES / "mbeir"), "--output_dir",
+                      str(tmp_path / "mbeir"), "--instruction_index", "0"])
+    assert {row["task"] for row in mbeir["summary"]} == {"mscoco_task0", "mscoco_task3", "fashioniq_task7",
+                                                         "webqa_task2"}
+    assert (tmp_path / "mbeir" / "runs" / "global" / "webqa_task2.trec").is_file()
+    report = (tmp_path / "mbeir" / "report.md").read_text()
+    assert "FashionIQ (it→i) | 2 | 10 |" in report and "**average**" in report
+    mmeb = gcl_eval([*model, "--suite", "mmeb", "--data", str(FIXTURES / "mmeb"), "--output_dir", str(tmp_path / "mmeb")])
+    assert set(mmeb["results"]) == {"MSCOCO_t2i", "VisualNews_i2t"}
+    covr = gcl_eval([*model, "--suite", "covr", "--data", str(FIXTURES / "covr" / "webvid8m-covr_test.csv"),
+                     "--output_dir", str(tmp_path / "covr")])
+    assert covr["num_queries"] == 3 and set(covr["results"]["covr"]) == {"recall@1", "recall@5", "recall@10",
+                                                                           "recall@50"}
+    for suite in ("mbeir", "mmeb", "covr"):
+        assert (tmp_path / suite / "report.md").is_file() and list((tmp_path / suite).glob("*.png"))
+
+
+def test_gcl_eval_reports_bad_data(checkpoints, tmp_path):
+    from trainer.evaluation import EvaluationDataError
+
+    with pytest.raises(EvaluationDataError, match="no query/test/ folder"):
+        gcl_eval(["--model", str(checkpoints / "gcl"), "--suite", "mbeir", "--data", str(tmp_path),
+                  "--output_dir", str(tmp_path / "out")])
+    with pytest.raises(SystemExit):
+        gcl_eval(["--suite", "mmeb", "--output_dir", str(tmp_path / "out")])  # needs --data
+
+
+@pytest.mark.slow
+def test_callback_logs_prefixed_metrics_during_training(tmp_path, processor, sample_dataset):
+    args = GCLTrainingArguments(output_dir=str(tmp_path / "out"), per_device_train_batch_size=8, max_steps=3,
+                                logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True,
+                                learning_rate=1e-3, use_cpu=True, dataloader_num_workers=0, seed=0)
+    trainer = GCLTrainer(model=GCLModel.from_backbone(make_small_clip()), args=args,
+                         train_dataset=sample_dataset.select(range(24)), processing_class=processor)
+    evaluator = ModalityMatrixEvaluator(sample_dataset.select(range(300, 316)), show_progress=False)
+    callback = add_retrieval_evaluation(trainer, evaluator, eval_steps=2)
+    trainer.train()
+    assert [step for step, _ in callback.history] == [2, 3]  # every 2 steps, and at the end
+    logged = [entry for entry in trainer.state.log_history if "eval_matrix/t2i/hit@1" in entry]
+    assert len(logged) == 2 and "eval_matrix/gap/matched_cosine/i-t" in logged[0]
+    assert trainer.model.training  # evaluation restored the training mode
+    # The metrics were computed with the weights of that step: re-evaluating the final model reproduces the last row.
+    final = evaluator(trainer.model, processor)
+    assert logged[-1]["eval_matrix/it2i/hit@1"] == pytest.approx(final["results"]["it2i"]["hit@1"])
