@@ -20,7 +20,8 @@ from modeling_gcl import FUSION_MODES
 from .backbones import load_model_and_processor
 from .collator import GCLCollator
 from .data import load_image_caption_dataset, split_holdout
-from .evaluation import encode_pairs, format_matrix, modality_matrix
+from .evaluation import ModalityMatrixEvaluator, encode_pairs, format_matrix, modality_matrix
+from .evaluation.callback import add_retrieval_evaluation
 from .lora import merge_lora, save_lora_adapter
 from .trainer import GCLTrainer, GCLTrainingArguments
 
@@ -82,6 +83,11 @@ class DataArguments:
         metadata={"help": "Pairs held out to report retrieval hit@k before and after training (0: none)."},
     )
     max_caption_length: int | None = field(default=None, metadata={"help": "Truncate captions to this many tokens."})
+    retrieval_eval_steps: int = field(
+        default=0,
+        metadata={"help": "Every N steps (and at the end), evaluate the modality matrix on the held-out pairs and log "
+                  "it as eval_matrix/{cell}/{metric} (0: off; needs --eval_holdout)."},
+    )
     streaming: bool = field(
         default=False,
         metadata={"help": "Read the data lazily as a stream (datasets.IterableDataset); needs --max_steps."},
@@ -206,6 +212,12 @@ def run(argv: list[str] | None = None) -> dict:
     )
     trainer = GCLTrainer(model=model, args=training_args, train_dataset=train_set, data_collator=collator,
                          processing_class=processor)
+    if data_args.retrieval_eval_steps:
+        if holdout is None:
+            raise SystemExit("gcl-train: --retrieval_eval_steps needs held-out pairs (--eval_holdout N).")
+        evaluator = ModalityMatrixEvaluator(holdout, data_args.image_column, data_args.caption_column,
+                                            batch_size=training_args.per_device_eval_batch_size * 8, show_progress=False)
+        add_retrieval_evaluation(trainer, evaluator, eval_steps=data_args.retrieval_eval_steps)
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     results["train"] = train_result.metrics
 
