@@ -391,3 +391,24 @@ def test_jsonl_reader_fuzz_either_reads_objects_or_names_the_line(tmp_path_facto
         assert str(error).startswith(f"{path}:")
     else:
         assert all(isinstance(row, dict) for _, row in rows)
+
+
+# --- the CLI ------------------------------------------------------------------------------------------------------
+
+def test_cli_resumes_from_the_last_checkpoint_and_cleans_interrupted_saves(tmp_path):
+    from trainer.cli import run
+
+    out = tmp_path / "run"
+    common = ["--max_train_samples", "48", "--per_device_train_batch_size", "8", "--eval_holdout", "0",
+              "--save_steps", "1", "--logging_steps", "1", "--disable_tqdm", "true", "--report_to", "none",
+              "--output_dir", str(out)]
+    run(common + ["--max_steps", "2"])
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    (out / ".gcl-staging-checkpoints" / "checkpoint-3").mkdir(parents=True)  # what a killed save leaves
+    (out / ".gcl-staging-checkpoints" / "checkpoint-3" / "model.safetensors").write_bytes(b"half")
+    results = run(common + ["--max_steps", "3", "--resume_from_checkpoint", "true"])
+    state = json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())
+    assert state["global_step"] == 3 and results["train"]["train_loss"] > 0
+    assert [entry["step"] for entry in state["log_history"] if "loss" in entry] == [1, 2, 3]
+    assert not list(out.glob(".gcl-staging*"))
+    GCLModel.from_pretrained(out)  # the final model, published atomically

@@ -17,13 +17,14 @@ from transformers import HfArgumentParser, set_seed
 
 from modeling_gcl import FUSION_MODES
 
+from .atomic import atomic_write_json, remove_stale_staging, staged_directory, staged_files
 from .backbones import load_model_and_processor
 from .collator import GCLCollator
 from .data import load_image_caption_dataset, split_holdout
 from .evaluation import ModalityMatrixEvaluator, encode_pairs, format_matrix, modality_matrix
 from .evaluation.callback import add_retrieval_evaluation
 from .lora import merge_lora, save_lora_adapter
-from .trainer import GCLTrainer, GCLTrainingArguments
+from .trainer import GCLTrainer, GCLTrainingArguments, check_finite_parameters
 
 logger = logging.getLogger("gcl-train")
 
@@ -87,6 +88,11 @@ class DataArguments:
         default=0,
         metadata={"help": "Every N steps (and at the end), evaluate the modality matrix on the held-out pairs and log "
                   "it as eval_matrix/{cell}/{metric} (0: off; needs --eval_holdout)."},
+    )
+    max_image_pixels: int | None = field(
+        default=None,
+        metadata={"help": "Refuse (or with --skip_bad_samples skip) images of more pixels than this, checked before "
+                  "decoding (decompression bombs). Default: Pillow's limit, about 89 million."},
     )
     streaming: bool = field(
         default=False,
@@ -209,7 +215,11 @@ def run(argv: list[str] | None = None) -> dict:
     collator = GCLCollator(
         processor, data_args.image_column, data_args.caption_column,
         max_length=data_args.max_caption_length, skip_bad_samples=training_args.skip_bad_samples,
+        max_image_pixels=data_args.max_image_pixels,
     )
+    if training_args.should_save and os.path.isdir(training_args.output_dir):
+        for leftover in remove_stale_staging(training_args.output_dir):
+            logger.warning("Removed %s, left by a save that was interrupted.", leftover)
     trainer = GCLTrainer(model=model, args=training_args, train_dataset=train_set, data_collator=collator,
                          processing_class=processor)
     if data_args.retrieval_eval_steps:
@@ -218,27 +228,35 @@ def run(argv: list[str] | None = None) -> dict:
         evaluator = ModalityMatrixEvaluator(holdout, data_args.image_column, data_args.caption_column,
                                             batch_size=training_args.per_device_eval_batch_size * 8, show_progress=False)
         add_retrieval_evaluation(trainer, evaluator, eval_steps=data_args.retrieval_eval_steps)
-    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    resume = training_args.resume_from_checkpoint
+    if isinstance(resume, str) and resume.lower() in ("true", "last"):
+        resume = True  # the newest complete checkpoint-N in output_dir
+    train_result = trainer.train(resume_from_checkpoint=resume)
     results["train"] = train_result.metrics
 
     output_dir = training_args.output_dir
+    # Saved through staging folders and renames (trainer/atomic.py): a crash mid-save never leaves a folder that
+    # loads as a model mixing old and new files. Only the main process writes.
+    check_finite_parameters(trainer.model, "the end of training")
     if training_args.use_lora:
-        save_lora_adapter(trainer.model, os.path.join(output_dir, "adapter"))
-        processor.save_pretrained(os.path.join(output_dir, "adapter"))
+        if training_args.should_save:
+            with staged_directory(os.path.join(output_dir, "adapter")) as staging:
+                save_lora_adapter(trainer.model, str(staging))
+                processor.save_pretrained(str(staging))
         trained = merge_lora(trainer.model) if model_args.merge_lora else None
     else:
         trained = trainer.model
-    if trained is not None:
-        trained.save_pretrained(output_dir)
-        processor.save_pretrained(output_dir)
+    if trained is not None and training_args.should_save:
+        with staged_files(output_dir) as staging:
+            trained.save_pretrained(str(staging))
+            processor.save_pretrained(str(staging))
 
     if holdout is not None:
         evaluated = trained if trained is not None else trainer.model
         results["after"] = _report_retrieval(evaluated, processor, holdout, data_args, training_args,
                                              f"Held-out retrieval after training ({len(holdout)} pairs, hit@k %):")
     if training_args.should_save:
-        with open(os.path.join(output_dir, "retrieval_holdout.json"), "w", encoding="utf-8") as handle:
-            json.dump(results, handle, indent=2)
+        atomic_write_json(os.path.join(output_dir, "retrieval_holdout.json"), results)
     if training_args.should_save:
         from hub_cards import write_training_record  # what a model card reports that the model files do not hold
 
