@@ -1,12 +1,13 @@
 # Copyright 2026 The GCL-HF authors. Apache-2.0.
-"""Render `hub_cards/examples/README.md`, the model card of a quick bundled run, as `gcl-train --push_to_hub` would
-publish it:
+"""Render `hub_cards/examples/README.md`: the model card `gcl-push` publishes for the bundled run, with its images.
 
-    gcl-train --max_steps 30 --output_dir /tmp/hub_run
+    gcl-train --output_dir /tmp/hub_run                   # the default job: bundled tiny CLIP, random init, 300 steps
+    gcl-eval --model /tmp/hub_run --suite matrix --holdout 64 --output_dir /tmp/hub_run/eval/matrix   # optional
     python -m hub_cards.examples.make_example /tmp/hub_run
 
-The run trains the bundled tiny CLIP from random initialisation; the card says so. The training record
-(`gcl_training.json`) is written from the same arguments `gcl-train` parsed, with its from-scratch defaults applied.
+The card is exactly the `README.md` of `gcl-push /tmp/hub_run --repo_id your-org/gcl-tiny-clip-demo --export_dir ...`;
+the images it links (the held-out heatmap, gcl-eval's plots) are copied beside it at the same relative paths, so the
+links resolve in the repository as they do on the Hub.
 """
 
 import shutil
@@ -14,28 +15,23 @@ import sys
 import tempfile
 from pathlib import Path
 
-from hub_cards import prepare_export_dir, write_training_record
-from trainer.cli import FROM_SCRATCH_DEFAULTS, parse_arguments
-from trainer.data import load_image_caption_dataset
+from hub_cards import prepare_export_dir
 
-EXAMPLE_CARD = Path(__file__).resolve().parent / "README.md"
+EXAMPLES_DIR = Path(__file__).resolve().parent
 EXAMPLE_REPO_ID = "your-org/gcl-tiny-clip-demo"
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     output_dir = argv[0] if argv else "/tmp/hub_run"
-    _, data_args, training_args, explicit = parse_arguments(["--max_steps", "30", "--output_dir", output_dir])
-    for key, value in FROM_SCRATCH_DEFAULTS.items():
-        if key not in explicit:
-            setattr(training_args, key, value)
-    pairs = len(load_image_caption_dataset(data_args.train_data, data_args.image_column, data_args.caption_column))
-    write_training_record(output_dir, training_args, base_model=None, dataset=data_args.train_data,
-                          train_pairs=pairs - data_args.eval_holdout, holdout_pairs=data_args.eval_holdout)
     with tempfile.TemporaryDirectory() as staging:
         export = prepare_export_dir(output_dir, Path(staging) / "repo", EXAMPLE_REPO_ID)
-        shutil.copyfile(export.path / "README.md", EXAMPLE_CARD)
-    print(f"wrote {EXAMPLE_CARD}")
+        for name in export.files:
+            if name == "README.md" or name.endswith(".png"):
+                target = EXAMPLES_DIR / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(export.path / name, target)
+                print(f"wrote {target}")
 
 
 if __name__ == "__main__":
