@@ -12,6 +12,7 @@ has one relevant candidate, so recall@k = hit@k ("R@k" in CoVR's tables).
 """
 
 import csv
+import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,7 +20,7 @@ from pathlib import Path
 import torch
 
 from .encoding import EmbeddingCache, GCLEmbedder, RetrievalItem, encode_items, evaluation_mode
-from .files import EvaluationDataError
+from .files import EvaluationDataError, read_text
 from .metrics import metrics_from_positive_ranks
 from .search import positive_ranks
 
@@ -66,26 +67,25 @@ class CoVREvaluator:
 
     def _read(self) -> tuple[list[RetrievalItem], list[RetrievalItem], torch.Tensor]:
         queries, targets, target_index, positives = [], [], {}, []
-        with open(self.annotation_file, encoding="utf-8", newline="") as handle:
-            reader = csv.DictReader(handle)
-            missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
-            if missing:
-                raise EvaluationDataError(f"{self.annotation_file}: missing column(s) {missing}; has {reader.fieldnames}.")
-            for line, row in enumerate(reader, start=2):  # line 1 is the header
-                where = f"{self.annotation_file}:{line}"
-                edit = (row["edit"] or "").strip()
-                if not edit:
-                    raise EvaluationDataError(f"{where}: empty edit text.")
-                source, target = (row["pth1"] or "").strip(), (row["pth2"] or "").strip()
-                if not source or not target:
-                    raise EvaluationDataError(f"{where}: empty pth1 or pth2.")
-                frames = video_frames(self.frames_dir, source, self.max_frames, where)
-                queries.append(RetrievalItem(text=edit, image=frames, source=where))
-                if target not in target_index:
-                    target_index[target] = len(targets)
-                    targets.append(RetrievalItem(image=video_frames(self.frames_dir, target, self.max_frames, where),
-                                                 source=where))
-                positives.append(target_index[target])
+        reader = csv.DictReader(io.StringIO(read_text(self.annotation_file), newline=""))
+        missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise EvaluationDataError(f"{self.annotation_file}: missing column(s) {missing}; has {reader.fieldnames}.")
+        for line, row in enumerate(reader, start=2):  # line 1 is the header
+            where = f"{self.annotation_file}:{line}"
+            edit = (row["edit"] or "").strip()
+            if not edit:
+                raise EvaluationDataError(f"{where}: empty edit text.")
+            source, target = (row["pth1"] or "").strip(), (row["pth2"] or "").strip()
+            if not source or not target:
+                raise EvaluationDataError(f"{where}: empty pth1 or pth2.")
+            frames = video_frames(self.frames_dir, source, self.max_frames, where)
+            queries.append(RetrievalItem(text=edit, image=frames, source=where))
+            if target not in target_index:
+                target_index[target] = len(targets)
+                targets.append(RetrievalItem(image=video_frames(self.frames_dir, target, self.max_frames, where),
+                                             source=where))
+            positives.append(target_index[target])
         if not queries:
             raise EvaluationDataError(f"{self.annotation_file}: no annotation rows.")
         return queries, targets, torch.tensor(positives)

@@ -11,22 +11,41 @@ class EvaluationDataError(ValueError):
     """Benchmark data that cannot be used as given; the message names the file and the line or ids."""
 
 
+def read_text_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
+    """Yield `(line_number, line)` of a UTF-8 text file; invalid UTF-8 raises, naming the line."""
+    path = Path(path)
+    if not path.is_file():
+        raise EvaluationDataError(f"{path}: no such file.")
+    with open(path, "rb") as handle:
+        for line_number, raw in enumerate(handle, start=1):
+            try:
+                yield line_number, raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise EvaluationDataError(
+                    f"{path}:{line_number}: not valid UTF-8 (byte {raw[error.start]:#04x} at column {error.start + 1})."
+                ) from None
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """The whole UTF-8 text of a file (for CSV readers); invalid UTF-8 raises, naming the line."""
+    return "".join(line for _, line in read_text_lines(path))
+
+
 def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
     """Yield `(line_number, object)` for each non-blank line; a line that is not a JSON object raises."""
     path = Path(path)
     if not path.is_file():
         raise EvaluationDataError(f"{path}: no such file.")
-    with open(path, encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise EvaluationDataError(f"{path}:{line_number}: not valid JSON ({error.msg}).") from None
-            if not isinstance(row, dict):
-                raise EvaluationDataError(f"{path}:{line_number}: expected a JSON object, got {type(row).__name__}.")
-            yield line_number, row
+    for line_number, line in read_text_lines(path):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise EvaluationDataError(f"{path}:{line_number}: not valid JSON ({error.msg}).") from None
+        if not isinstance(row, dict):
+            raise EvaluationDataError(f"{path}:{line_number}: expected a JSON object, got {type(row).__name__}.")
+        yield line_number, row
 
 
 def resolve_image(value, root: str | os.PathLike, where: str, check: bool = True) -> str | None:

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from .encoding import EmbeddingCache, GCLEmbedder, RetrievalItem, encode_items, evaluation_mode
-from .files import EvaluationDataError, optional_text, read_jsonl, resolve_image
+from .files import EvaluationDataError, optional_text, read_jsonl, read_text_lines, resolve_image
 from .metrics import max_cutoff, metrics_from_rankings
 from .search import search_top_k
 
@@ -155,25 +155,24 @@ def load_qrels(path: str | os.PathLike) -> Qrels:
     if not path.is_file():
         raise EvaluationDataError(f"{path}: no such qrels file.")
     relevance, task_ids, lines = {}, {}, {}
-    with open(path, encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            parts = line.split()
-            if len(parts) != 5:
-                raise EvaluationDataError(f"{path}:{line_number}: expected 'qid Q0 did relevance task_id', got {line.strip()!r}.")
-            qid, _, did, grade, task = parts
-            try:
-                grade, task = int(grade), int(task)
-            except ValueError:
-                raise EvaluationDataError(f"{path}:{line_number}: relevance and task_id must be integers.") from None
-            if (qid, did) in lines:
-                raise EvaluationDataError(f"{path}:{line_number}: duplicate judgement of ({qid}, {did}) (first at line {lines[qid, did]}).")
-            if qid in task_ids and task_ids[qid] != task:
-                raise EvaluationDataError(f"{path}:{line_number}: query {qid!r} has task_id {task}, earlier {task_ids[qid]}.")
-            lines[qid, did] = line_number
-            task_ids[qid] = task
-            relevance.setdefault(qid, {})[did] = grade
+    for line_number, line in read_text_lines(path):
+        if not line.strip():
+            continue
+        parts = line.split()
+        if len(parts) != 5:
+            raise EvaluationDataError(f"{path}:{line_number}: expected 'qid Q0 did relevance task_id', got {line.strip()!r}.")
+        qid, _, did, grade, task = parts
+        try:
+            grade, task = int(grade), int(task)
+        except ValueError:
+            raise EvaluationDataError(f"{path}:{line_number}: relevance and task_id must be integers.") from None
+        if (qid, did) in lines:
+            raise EvaluationDataError(f"{path}:{line_number}: duplicate judgement of ({qid}, {did}) (first at line {lines[qid, did]}).")
+        if qid in task_ids and task_ids[qid] != task:
+            raise EvaluationDataError(f"{path}:{line_number}: query {qid!r} has task_id {task}, earlier {task_ids[qid]}.")
+        lines[qid, did] = line_number
+        task_ids[qid] = task
+        relevance.setdefault(qid, {})[did] = grade
     if not relevance:
         raise EvaluationDataError(f"{path}: no judgements.")
     return Qrels(path, relevance, task_ids, lines)
@@ -184,18 +183,18 @@ def load_instructions(path: str | os.PathLike) -> dict[tuple[str, str, str], lis
     modality names. The header row is skipped."""
     path = Path(path)
     instructions = {}
-    with open(path, encoding="utf-8") as handle:
-        next(handle, None)
-        for line_number, line in enumerate(handle, start=2):
-            if not line.strip():
-                continue
-            parts = line.rstrip("\n").split("\t")
-            if len(parts) < 5:
-                raise EvaluationDataError(f"{path}:{line_number}: expected query_modality, cand_modality, dataset, "
-                                          "dataset_id and at least one prompt, tab-separated.")
-            where = f"{path}:{line_number}"
-            key = (parts[3].strip(), parse_modality(parts[0], where), parse_modality(parts[1], where))
-            instructions[key] = [prompt.strip() for prompt in parts[4:] if prompt.strip()]
+    for line_number, line in read_text_lines(path):
+        if line_number == 1:  # the header
+            continue
+        if not line.strip():
+            continue
+        parts = line.rstrip("\n").split("\t")
+        if len(parts) < 5:
+            raise EvaluationDataError(f"{path}:{line_number}: expected query_modality, cand_modality, dataset, "
+                                      "dataset_id and at least one prompt, tab-separated.")
+        where = f"{path}:{line_number}"
+        key = (parts[3].strip(), parse_modality(parts[0], where), parse_modality(parts[1], where))
+        instructions[key] = [prompt.strip() for prompt in parts[4:] if prompt.strip()]
     return instructions
 
 
