@@ -2,6 +2,7 @@
 """LoRA for GCL models through peft: presets, the logit scale as an explicit trainable, saving and merging."""
 
 import os
+from collections.abc import Sequence
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -9,8 +10,46 @@ from safetensors.torch import load_file, save_file
 
 from modeling_gcl import GCLModel
 
-# Linear layers of every CLIP transformer block (attention and MLP), vision and text towers alike.
-LORA_TARGET_PRESETS = {"clip": ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")}
+# Linear layers of every transformer block (attention and MLP), by backbone / tower.
+LORA_TARGET_PRESETS = {
+    # CLIP, vision and text towers alike.
+    "clip": ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"),
+    # BERT-family text encoders (BERT, XLM-RoBERTa): attention q/k/v, attention output, intermediate and output
+    # (`dense` also names BERT's pooler, which VISTA does not build).
+    "bert": ("query", "key", "value", "dense"),
+    # VISTA's EVA02-CLIP tower: attention and SwiGLU MLP.
+    "eva": ("q_proj", "k_proj", "v_proj", "out_proj", "gate_proj", "up_proj", "down_proj"),
+}
+LORA_TARGET_PRESETS["vista"] = LORA_TARGET_PRESETS["bert"] + LORA_TARGET_PRESETS["eva"] + ("visual_proj",)
+
+# The towers `freeze_towers` / `apply_lora(frozen_towers=...)` know, as module-name prefixes of a GCLModel.
+TOWER_PREFIXES = {
+    "clip": {"text": ("encoder.text_model", "encoder.text_projection"),
+             "vision": ("encoder.vision_model", "encoder.visual_projection")},
+    # VISTA's first training stage froze the text encoder and trained the vision tower and `visual_proj`.
+    "vista": {"text": ("encoder.text_model",), "vision": ("encoder.vision_model",)},
+}
+
+
+def _backbone(model: GCLModel) -> str:
+    return "vista" if getattr(model.config, "backbone_type", "clip") == "vista" else model.config.encoder_config.model_type
+
+
+def _in_towers(name: str, model: GCLModel, towers: Sequence[str]) -> bool:
+    prefixes = TOWER_PREFIXES[_backbone(model)]
+    unknown = set(towers) - set(prefixes)
+    if unknown:
+        raise ValueError(f"Unknown tower(s) {sorted(unknown)}; expected some of {sorted(prefixes)}.")
+    return any(name == p or name.startswith(p + ".") for tower in towers for p in prefixes[tower])
+
+
+def freeze_towers(model: GCLModel, towers: Sequence[str]) -> GCLModel:
+    """Stop training the named towers (`"text"`, `"vision"`) of a GCL model, e.g. `["text"]` for VISTA's first
+    stage; the other weights keep their `requires_grad`."""
+    for name, parameter in model.named_parameters():
+        if _in_towers(name, model, towers):
+            parameter.requires_grad_(False)
+    return model
 
 # Trainable parameters that are neither LoRA weights nor in peft's `modules_to_save` (the bare `logit_scale`) are
 # saved beside the adapter in this file, since peft's adapter files do not hold them.
@@ -24,6 +63,7 @@ def apply_lora(
     dropout: float = 0.05,
     target_modules: list[str] | None = None,
     train_logit_scale: bool = False,
+    frozen_towers: Sequence[str] = (),
 ) -> PeftModel:
     r"""
     Wrap `model` with LoRA adapters.
@@ -31,14 +71,26 @@ def apply_lora(
     Args:
         r, alpha, dropout: LoRA rank, scaling numerator and dropout.
         target_modules (`list[str]`, *optional*): module names to adapt; default the preset of the backbone
-            (`q_proj, k_proj, v_proj, out_proj, fc1, fc2` for CLIP).
+            (`q_proj, k_proj, v_proj, out_proj, fc1, fc2` for CLIP; for VISTA BERT's `query, key, value, dense`, the
+            EVA tower's `q_proj, k_proj, v_proj, out_proj, gate_proj, up_proj, down_proj`, and `visual_proj`).
+        frozen_towers (`list[str]`, *optional*): towers (`"text"`, `"vision"`) that get no adapters, so they stay
+            exactly as loaded (VISTA's first stage froze the text encoder).
         train_logit_scale (`bool`, defaults to `False`): LoRA freezes every base parameter, the bare `logit_scale`
             included; set this to keep training it (it is then saved in `gcl_extra_trainables.safetensors`).
 
     A learnable fusion (`fusion="attention"`) is fully trained and saved with the adapter (`modules_to_save`).
     """
-    encoder_type = model.config.encoder_config.model_type
-    targets = list(target_modules or LORA_TARGET_PRESETS[encoder_type])
+    targets = list(target_modules or LORA_TARGET_PRESETS[_backbone(model)])
+    if frozen_towers:  # name every adapted Linear in full, leaving out the frozen towers' modules
+        targets = sorted(
+            name
+            for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear)
+            and name.rsplit(".", 1)[-1] in targets
+            and not _in_towers(name, model, frozen_towers)
+        )
+        if not targets:
+            raise ValueError(f"No LoRA target is left outside the frozen towers {list(frozen_towers)}.")
     has_fusion_parameters = any(True for _ in model.fusion.parameters())
     config = LoraConfig(
         r=r,
