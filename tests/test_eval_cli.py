@@ -72,6 +72,7 @@ def test_gcl_eval_matrix_on_a_plain_clip_writes_outputs(checkpoints, tmp_path, c
     assert "| t → it |" in report and "![modality_matrix](modality_matrix.png)" in report
     assert (out / "modality_matrix.png").stat().st_size > 1000 and (out / "embedding_pca.png").stat().st_size > 1000
     assert not list(out.glob("*.tmp"))
+    assert (out / "metrics.json").stat().st_mode & 0o044  # readable by others: not mkstemp's private mode
 
 
 def test_gcl_eval_without_matplotlib_skips_plots(checkpoints, tmp_path, monkeypatch, capsys):
@@ -98,7 +99,7 @@ def test_gcl_eval_mbeir_mmeb_covr_suites(checkpoints, tmp_path):
     assert set(mmeb["results"]) == {"MSCOCO_t2i", "VisualNews_i2t"}
     covr = gcl_eval([*model, "--suite", "covr", "--data", str(FIXTURES / "covr" / "webvid8m-covr_test.csv"),
                      "--output_dir", str(tmp_path / "covr")])
-    assert covr["num_queries"] == 3 and set(covr["results"]["covr"]) == {"recall@1", "recall@5", "recall@10",
+    assert covr["num_queries"] == 4 and set(covr["results"]["covr"]) == {"recall@1", "recall@5", "recall@10",
                                                                            "recall@50"}
     for suite in ("mbeir", "mmeb", "covr"):
         assert (tmp_path / suite / "report.md").is_file() and list((tmp_path / suite).glob("*.png"))

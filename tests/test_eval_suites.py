@@ -257,19 +257,23 @@ def covr_embedder() -> LookupEmbedder:
     frames = {"0002/2000001": (e[0], e[0]), "0003/2000002": (e[1], e[1]), "0003/2000003": (e[2], e[3]),
               "0001/1000001": (e[0], e[1]), "0001/1000002": (e[1], e[1]), "0002/1000003": (e[2], e[3])}
     images = {f"frames/{video}/{k:04d}.jpg": vector for video, pair in frames.items() for k, vector in enumerate(pair)}
-    texts = {"add a second bird": e[1], "make it blue": torch.zeros(4), "have it sleep": 0.1 * e[0]}
+    texts = {"add a second bird": e[1], "make it blue": torch.zeros(4), "have it sleep": 0.1 * e[0],
+             "make it two birds": 0.5 * e[0]}
     return LookupEmbedder(images, texts, image_root=COVR)
 
 
 def test_covr_hand_checked():
     evaluator = CoVREvaluator(COVR / "webvid8m-covr_test.csv", show_progress=False)
-    assert len(evaluator.queries) == 3 and len(evaluator.targets) == 3
+    assert len(evaluator.queries) == 4 and len(evaluator.targets) == 3
     assert all(len(item.frames) == 2 for item in evaluator.queries + evaluator.targets)
     output = evaluator(embedder=covr_embedder())
     # Row 1: fused = mean(e0, e1) + e1 = 0.5 e0 + 1.5 e1, so target 2 (e1) beats its target 1 (e0): rank 2. Using the
     # first frame only would tie them (rank 1); rows 2 and 3 rank their target first (target 3 = mean(e2, e3)).
+    # Row 4: fused = e1 + 0.5 e0; its own source video (target 2, e1) is left out, so target 1 comes first.
     assert output["results"]["covr"] == pytest.approx(
-        {"recall@1": 200 / 3, "recall@5": 100, "recall@10": 100, "recall@50": 100})
+        {"recall@1": 75, "recall@5": 100, "recall@10": 100, "recall@50": 100})
+    kept = CoVREvaluator(COVR / "webvid8m-covr_test.csv", show_progress=False, remove_self_similarity=False)
+    assert kept(embedder=covr_embedder())["results"]["covr"]["recall@1"] == 50
     one_frame = CoVREvaluator(COVR / "webvid8m-covr_test.csv", max_frames=1, show_progress=False)
     assert all(len(item.frames) == 1 for item in one_frame.queries)
 

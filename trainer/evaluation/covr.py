@@ -5,6 +5,9 @@ Reads the annotation CSV (`pth1` source video, `pth2` target video, `edit` modif
 captions; other columns ignored) and, per video, a folder `frames_dir/{pth}/` of frame images (extracted beforehand,
 e.g. with ffmpeg; sorted by file name; `max_frames` evenly spaced ones are used).
 
+As in CoVR's own evaluation (`remove_self_similarity=True` there), a query's source video is not a candidate for
+that query when it is also one of the target videos.
+
 Query = the model's fusion of the source video and the edit text: the fused pooling of the mean of the source
 frames' unnormalised image projections with the text projection (one frame = the model's fused embedding). Candidates =
 the distinct target videos of the file; a video's embedding is the mean of its frames' image embeddings. Each query
@@ -22,7 +25,6 @@ import torch
 from .encoding import EmbeddingCache, GCLEmbedder, RetrievalItem, encode_items, evaluation_mode
 from .files import EvaluationDataError, read_text
 from .metrics import metrics_from_positive_ranks
-from .search import positive_ranks
 
 DEFAULT_COVR_METRICS = ("recall@1", "recall@5", "recall@10", "recall@50")
 REQUIRED_COLUMNS = ("pth1", "pth2", "edit")
@@ -49,12 +51,15 @@ class CoVREvaluator:
         annotation_file (`str`): the CoVR CSV.
         frames_dir (`str`, *optional*): folder of per-video frame folders (default: `frames/` beside the CSV).
         max_frames (`int`, *optional*): frames per video (default: all).
+        remove_self_similarity (`bool`, defaults to `True`): leave each query's own source video out of its ranking.
         metrics, batch_size, cache_dir, show_progress: as in [`MBEIREvaluator`].
     """
 
     def __init__(self, annotation_file: str | os.PathLike, frames_dir: str | os.PathLike | None = None,
                  max_frames: int | None = None, metrics: Sequence[str] = DEFAULT_COVR_METRICS, batch_size: int = 32,
-                 cache_dir: str | os.PathLike | None = None, show_progress: bool = True, name: str = "covr"):
+                 cache_dir: str | os.PathLike | None = None, show_progress: bool = True, name: str = "covr",
+                 remove_self_similarity: bool = True):
+        self.remove_self_similarity = remove_self_similarity
         self.annotation_file = Path(annotation_file)
         if not self.annotation_file.is_file():
             raise EvaluationDataError(f"{self.annotation_file}: no such annotation file.")
@@ -63,10 +68,10 @@ class CoVREvaluator:
         self.metrics = tuple(metrics)
         self.batch_size, self.show_progress, self.name = batch_size, show_progress, name
         self.cache = EmbeddingCache(cache_dir) if cache_dir else None
-        self.queries, self.targets, self.positives = self._read()
+        self.queries, self.targets, self.positives, self.source_targets = self._read()
 
-    def _read(self) -> tuple[list[RetrievalItem], list[RetrievalItem], torch.Tensor]:
-        queries, targets, target_index, positives = [], [], {}, []
+    def _read(self) -> tuple[list[RetrievalItem], list[RetrievalItem], torch.Tensor, torch.Tensor]:
+        queries, targets, target_index, positives, sources = [], [], {}, [], []
         reader = csv.DictReader(io.StringIO(read_text(self.annotation_file), newline=""))
         missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
@@ -86,9 +91,13 @@ class CoVREvaluator:
                 targets.append(RetrievalItem(image=video_frames(self.frames_dir, target, self.max_frames, where),
                                              source=where))
             positives.append(target_index[target])
+            sources.append(source)
         if not queries:
             raise EvaluationDataError(f"{self.annotation_file}: no annotation rows.")
-        return queries, targets, torch.tensor(positives)
+        # Index of each query's source video among the targets, or -1 (its own target is never removed).
+        source_targets = [target_index.get(source, -1) for source in sources]
+        source_targets = [-1 if index == positive else index for index, positive in zip(source_targets, positives)]
+        return queries, targets, torch.tensor(positives), torch.tensor(source_targets)
 
     def __call__(self, model=None, processor=None, embedder=None) -> dict:
         """Returns `{"results": {"covr": {"recall@1": ...}}, "num_queries", "num_targets"}`."""
@@ -98,6 +107,32 @@ class CoVREvaluator:
                                    self.cache)
             targets = encode_items(embedder, self.targets, self.batch_size, "Encoding CoVR target videos",
                                    self.show_progress, self.cache)
-        ranks = positive_ranks(queries, targets, self.positives)
+        excluded = self.source_targets if self.remove_self_similarity else torch.full_like(self.source_targets, -1)
+        ranks = positive_ranks_excluding(queries, targets, self.positives, excluded)
         return {"results": {"covr": metrics_from_positive_ranks(ranks, self.metrics)},
                 "num_queries": len(self.queries), "num_targets": len(self.targets)}
+
+
+def positive_ranks_excluding(queries: torch.Tensor, candidates: torch.Tensor, positives: torch.Tensor,
+                             excluded: torch.Tensor, query_chunk_size: int = 1024) -> torch.Tensor:
+    r"""
+    0-based rank of each query's positive (strictly higher scores only), with at most one candidate per query left out.
+
+    Args:
+        queries (`torch.Tensor` of shape `(num_queries, dim)`), candidates (`torch.Tensor` of shape `(num_targets, dim)`)
+        positives (`torch.LongTensor` of shape `(num_queries,)`): each query's target.
+        excluded (`torch.LongTensor` of shape `(num_queries,)`): a candidate to ignore per query, or -1 for none.
+
+    Returns:
+        `torch.LongTensor` of shape `(num_queries,)`. Memory: one `(query_chunk_size, num_targets)` block at a time.
+    """
+    ranks = []
+    for start in range(0, queries.shape[0], query_chunk_size):
+        scores = queries[start : start + query_chunk_size] @ candidates.T  # (q, num_targets)
+        rows = torch.arange(scores.shape[0])
+        positive_scores = scores[rows, positives[start : start + query_chunk_size]].unsqueeze(1)
+        skip = excluded[start : start + query_chunk_size]
+        has_skip = skip >= 0
+        scores[rows[has_skip], skip[has_skip]] = float("-inf")
+        ranks.append((scores > positive_scores).sum(dim=1))
+    return torch.cat(ranks)

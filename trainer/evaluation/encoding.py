@@ -13,7 +13,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -228,16 +227,9 @@ class EmbeddingCache:
         return torch.load(path, map_location="cpu", weights_only=True)
 
     def save(self, path: Path, embeddings: torch.Tensor) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        os.close(handle)
-        try:
-            torch.save(embeddings, temporary)
-            os.replace(temporary, path)
-        except BaseException:
-            if os.path.exists(temporary):
-                os.remove(temporary)
-            raise
+        from .report import atomic_write
+
+        atomic_write(path, lambda temporary: torch.save(embeddings.contiguous(), temporary))
 
 
 def _embed_batch(embedder, batch: Sequence[RetrievalItem]) -> torch.Tensor:

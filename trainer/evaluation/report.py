@@ -19,15 +19,19 @@ ARROW = "→"
 PLOTS_MISSING = "matplotlib is not installed (pip install 'gcl-hf[plots]'): skipping the PNG plots."
 
 
-def write_json(path: str | os.PathLike, data) -> Path:
-    """Write JSON to a temporary file beside `path` and move it into place (no half-written file on a crash)."""
+def atomic_write(path: str | os.PathLike, write) -> Path:
+    """Call `write(temporary_path)` on a temporary file beside `path`, then move it into place with `os.replace`:
+    readers see the old file or the whole new one, never a half-written one. The file gets the usual permissions
+    (`mkstemp` would leave it private to the owner)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
     try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            json.dump(data, stream, indent=2, allow_nan=True)
-            stream.write("\n")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
+        write(temporary)
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):
@@ -36,15 +40,19 @@ def write_json(path: str | os.PathLike, data) -> Path:
     return path
 
 
+def write_json(path: str | os.PathLike, data) -> Path:
+    """Write JSON atomically (see `atomic_write`)."""
+    def write(temporary):
+        with open(temporary, "w", encoding="utf-8") as stream:
+            json.dump(data, stream, indent=2, allow_nan=True)
+            stream.write("\n")
+
+    return atomic_write(path, write)
+
+
 def write_text(path: str | os.PathLike, text: str) -> Path:
-    """Like `write_json`, for text."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(handle, "w", encoding="utf-8") as stream:
-        stream.write(text)
-    os.replace(temporary, path)
-    return path
+    """Write text atomically (see `atomic_write`)."""
+    return atomic_write(path, lambda temporary: Path(temporary).write_text(text, encoding="utf-8"))
 
 
 def format_number(value, digits: int = 1) -> str:
@@ -116,7 +124,7 @@ def plot_modality_heatmap(results: dict[str, dict[str, float]], metric: str, pat
     axes.set_title(title or f"{metric} (%)")
     figure.colorbar(image, ax=axes, fraction=0.046)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    atomic_write(path, lambda temporary: figure.savefig(temporary, dpi=120, format="png", bbox_inches="tight"))
     plt.close(figure)
     return Path(path)
 
@@ -145,7 +153,7 @@ def plot_embedding_pca(embeds: dict[str, torch.Tensor], path: str | os.PathLike,
     axes.set_title(title or "Embeddings by modality (PCA; X = centroid)")
     axes.legend(loc="best", fontsize=8)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    atomic_write(path, lambda temporary: figure.savefig(temporary, dpi=120, format="png", bbox_inches="tight"))
     plt.close(figure)
     return Path(path)
 
@@ -162,6 +170,6 @@ def plot_bars(rows: dict[str, float], path: str | os.PathLike, title: str, ylabe
     axes.set_ylabel(ylabel)
     axes.set_title(title)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    atomic_write(path, lambda temporary: figure.savefig(temporary, dpi=120, format="png", bbox_inches="tight"))
     plt.close(figure)
     return Path(path)
