@@ -18,7 +18,7 @@ from .atomic import STAGING_PREFIX, remove_stale_staging
 from .collator import SKIPPED_SAMPLES_KEY, GCLCollator
 from .data import RowIndexedDataset
 from .losses import LOSSES, CachedLoss, build_loss
-from .lora import apply_lora, save_extra_trainables
+from .lora import apply_lora, freeze_towers, save_extra_trainables
 from .samplers import UniqueGroupBatchSampler
 
 logger = logging.getLogger(__name__)
@@ -77,7 +77,18 @@ class GCLTrainingArguments(TrainingArguments):
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
     lora_target_modules: list[str] | None = field(
-        default=None, metadata={"help": "Modules to adapt (default for CLIP: q_proj k_proj v_proj out_proj fc1 fc2)."}
+        default=None,
+        metadata={"help": "Modules to adapt (default: the backbone's preset; CLIP: q_proj k_proj v_proj out_proj fc1 fc2; "
+                          "VISTA: BERT's query key value dense, EVA's attention and SwiGLU projections, visual_proj)."},
+    )
+    lora_frozen_towers: list[str] = field(
+        default_factory=list,
+        metadata={"help": "With LoRA: towers (text, vision) that get no adapters and stay exactly as loaded."},
+    )
+    freeze_towers: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Without LoRA: towers (text, vision) whose weights are not trained (VISTA's first stage "
+                          "froze the text encoder: --freeze_towers text)."},
     )
     train_logit_scale: bool = field(
         default=False, metadata={"help": "With LoRA, keep training the (otherwise frozen) logit scale."}
@@ -110,7 +121,10 @@ class GCLTrainer(Trainer):
                 dropout=args.lora_dropout,
                 target_modules=args.lora_target_modules,
                 train_logit_scale=args.train_logit_scale,
+                frozen_towers=getattr(args, "lora_frozen_towers", ()),
             )
+        elif getattr(args, "freeze_towers", None) and model is not None:
+            freeze_towers(model, args.freeze_towers)
         if data_collator is None and kwargs.get("processing_class") is not None:
             data_collator = GCLCollator(kwargs["processing_class"], skip_bad_samples=getattr(args, "skip_bad_samples", False))
         if train_dataset is not None and not isinstance(train_dataset, (IterableDataset, RowIndexedDataset)):
