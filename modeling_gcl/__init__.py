@@ -4,14 +4,15 @@
 Importing this package registers them with the Auto classes, so `AutoConfig`, `AutoModel`,
 `AutoModelForZeroShotImageClassification` and `AutoProcessor` load GCL checkpoints (`model_type="gcl"`) without
 `trust_remote_code`. It also marks the classes for transformers' remote-code mechanism (`register_for_auto_class`):
-every `save_pretrained` then copies `configuration_gcl.py`, `modeling_gcl.py` and `processing_gcl.py` beside the
-weights and writes `auto_map` entries, so a machine *without* this library loads the directory (or its Hub repository)
+every `save_pretrained` then copies `configuration_gcl.py`, `modeling_gcl.py`, `processing_gcl.py` and the files they
+import (the VISTA and EVA modules) beside the weights and writes `auto_map` entries, so a machine *without* this library loads the directory (or its Hub repository)
 with `trust_remote_code=True`.
 """
 
 from transformers import AutoConfig, AutoModel, AutoModelForZeroShotImageClassification, AutoProcessor
 
-from .configuration_gcl import ALL_LOSS_PAIRS, FUSION_MODES, MODALITIES, GCLConfig, split_pair
+from .configuration_gcl import ALL_LOSS_PAIRS, BACKBONE_TYPES, FUSION_MODES, MODALITIES, TOKEN_FUSION, GCLConfig, split_pair
+from .configuration_vista import GCLEvaVisionConfig, GCLVistaConfig
 from .modeling_gcl import GCLModel, GCLOutput, GCLPreTrainedModel, GCLScoreFusion, l2_normalize
 from .pipeline_gcl import GCL_PIPELINE_TASK, GCLFeatureExtractionPipeline
 from .processing_gcl import GCLProcessor
@@ -28,10 +29,14 @@ GCLProcessor.register_for_auto_class("AutoProcessor")
 
 __all__ = [
     "ALL_LOSS_PAIRS",
+    "BACKBONE_TYPES",
     "FUSION_MODES",
     "GCL_PIPELINE_TASK",
     "MODALITIES",
+    "TOKEN_FUSION",
     "GCLConfig",
+    "GCLEvaVisionConfig",
+    "GCLVistaConfig",
     "GCLFeatureExtractionPipeline",
     "GCLModel",
     "GCLOutput",
