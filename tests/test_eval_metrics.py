@@ -176,3 +176,18 @@ def test_modality_matrix_and_gap_by_hand():
     assert gap["centroid_distance"]["i-t"] == pytest.approx(math.dist([0.5, 0.5], [1.0, 0.0]))
     assert gap["matched_cosine"]["i-t"] == pytest.approx(0.5)  # cos 1 and cos 0
     assert gap["matched_cosine"]["t-it"] == pytest.approx((1 + 1 / math.sqrt(2)) / 2)
+
+
+def test_comparison_table_rows_and_average():
+    from trainer.evaluation.report import comparison_markdown
+
+    def run(value):
+        cells = ["t2i", "i2t", "t2it", "i2it", "it2t", "it2i"]
+        gap = {"i-t": 0.5, "i-it": 0.25, "t-it": 0.125}
+        return {"results": {cell: {"hit@1": value + k for k, cell in enumerate(cells)}},
+                "modality_gap": {"centroid_distance": gap, "matched_cosine": gap}}
+
+    lines = comparison_markdown({"pretrained": run(0.0), "gcl": run(10.0)}).splitlines()
+    assert lines[0].startswith("| model | t → i | i → t | t → it | i → it | it → t | it → i | avg | dist i-t")
+    assert lines[2] == "| pretrained | 0.0 | 1.0 | 2.0 | 3.0 | 4.0 | 5.0 | 2.5 | 0.500 | 0.250 | 0.125 | 0.500 | 0.250 | 0.125 |"
+    assert lines[3].startswith("| gcl | 10.0 | 11.0 | 12.0 | 13.0 | 14.0 | 15.0 | 12.5 |")

@@ -173,3 +173,26 @@ def plot_bars(rows: dict[str, float], path: str | os.PathLike, title: str, ylabe
     atomic_write(path, lambda temporary: figure.savefig(temporary, dpi=120, format="png", bbox_inches="tight"))
     plt.close(figure)
     return Path(path)
+
+
+def comparison_markdown(runs: dict[str, dict], metric: str = "hit@1") -> str:
+    """Rows = models, columns = the six cross-modal cells and their average, for `metric`; then the modality gap
+    (centroid distance and matched cosine of i/t/it). `runs` maps a row name to a modality-matrix `metrics.json`."""
+    cells = list(next(iter(runs.values()))["results"])
+    rows = []
+    for name, output in runs.items():
+        values = [output["results"][cell][metric] for cell in cells]
+        gap = output["modality_gap"]
+        rows.append([name, *values, sum(values) / len(values), *gap["centroid_distance"].values(),
+                     *gap["matched_cosine"].values()])
+    pairs = list(next(iter(runs.values()))["modality_gap"]["centroid_distance"])
+    header = ["model", *(cell_label(cell) for cell in cells), "avg",
+              *(f"dist {pair}" for pair in pairs), *(f"cos {pair}" for pair in pairs)]
+    lines = markdown_table(header, rows).splitlines()
+    # Retrieval numbers with one decimal, gap numbers with three.
+    body = []
+    for row in rows:
+        retrieval = [format_number(value, 1) for value in row[1 : len(cells) + 2]]
+        gap_values = [format_number(value, 3) for value in row[len(cells) + 2 :]]
+        body.append("| " + " | ".join([row[0], *retrieval, *gap_values]) + " |")
+    return "\n".join(lines[:2] + body)
