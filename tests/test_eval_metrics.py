@@ -184,7 +184,7 @@ def test_comparison_table_rows_and_average():
     def run(value):
         cells = ["t2i", "i2t", "t2it", "i2it", "it2t", "it2i"]
         gap = {"i-t": 0.5, "i-it": 0.25, "t-it": 0.125}
-        return {"results": {cell: {"hit@1": value + k for k, cell in enumerate(cells)}},
+        return {"results": {cell: {"hit@1": value + k} for k, cell in enumerate(cells)},
                 "modality_gap": {"centroid_distance": gap, "matched_cosine": gap}}
 
     lines = comparison_markdown({"pretrained": run(0.0), "gcl": run(10.0)}).splitlines()
