@@ -132,3 +132,16 @@ def test_callback_logs_prefixed_metrics_during_training(tmp_path, processor, sam
     # The metrics were computed with the weights of that step: re-evaluating the final model reproduces the last row.
     final = evaluator(trainer.model, processor)
     assert logged[-1]["eval_matrix/it2i/hit@1"] == pytest.approx(final["results"]["it2i"]["hit@1"])
+
+
+def test_gcl_train_retrieval_eval_steps_logs_the_matrix(tmp_path, capsys):
+    from trainer.cli import run as gcl_train
+
+    gcl_train(["--output_dir", str(tmp_path / "run"), "--max_steps", "2", "--per_device_train_batch_size", "8",
+               "--eval_holdout", "16", "--max_train_samples", "32", "--retrieval_eval_steps", "1", "--logging_steps",
+               "1", "--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "true", "--use_cpu", "true"])
+    printed = capsys.readouterr().out  # with disable_tqdm the Trainer prints every log entry
+    assert printed.count("'eval_matrix/t2i/hit@1'") == 2  # after steps 1 and 2
+    with pytest.raises(SystemExit, match="needs held-out pairs"):
+        gcl_train(["--output_dir", str(tmp_path / "run2"), "--max_steps", "1", "--eval_holdout", "0",
+                   "--retrieval_eval_steps", "1", "--report_to", "none", "--use_cpu", "true"])
