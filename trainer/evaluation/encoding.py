@@ -96,6 +96,24 @@ class GCLEmbedder:
         return self.model.fusion(image_features, text_features).float()
 
     @property
+    def token_fusion(self) -> bool:
+        """True for models that fuse inside the encoder (VISTA: image tokens in the text encoder), where a fused item
+        needs its own forward pass (`fused_features`) instead of `fuse` on two vectors."""
+        return getattr(getattr(self.model, "config", None), "fusion", None) == "tokens"
+
+    def fused_features(self, images: Sequence, texts: Sequence[str]) -> torch.Tensor:
+        """Pairs `(images[j], texts[j])` -> `(batch, dim)` fused embeddings in one forward pass (`get_fused_features`)."""
+        pixels = self.processor.image_processor([load_rgb_image(image) for image in images], return_tensors="pt")
+        tokens = self.processor.tokenizer(
+            list(texts), padding=True, truncation=self.max_length is not None, max_length=self.max_length,
+            return_tensors="pt",
+        )
+        return self.model.get_fused_features(
+            pixels["pixel_values"].to(self.device), tokens["input_ids"].to(self.device),
+            tokens["attention_mask"].to(self.device),
+        ).float()
+
+    @property
     def fingerprint(self) -> str:
         """Changes whenever the weights, the fusion or the preprocessing change (hashes every parameter)."""
         if self._fingerprint is None:
@@ -251,7 +269,13 @@ def _embed_batch(embedder, batch: Sequence[RetrievalItem]) -> torch.Tensor:
     text_features = dict(zip(with_text, embedder.text_features([batch[row].text for row in with_text]))) if with_text else {}
     outputs = [None] * len(batch)
     fused_rows = [row for row in with_image if row in text_features]
-    if fused_rows:
+    if fused_rows and getattr(embedder, "token_fusion", False):
+        # One fused pass per (frame, text); a fused video is the mean of its frames' fused embeddings.
+        pairs = [(frame, batch[row].text) for row in fused_rows for frame in batch[row].frames]
+        per_pair = l2_normalize(embedder.fused_features([f for f, _ in pairs], [t for _, t in pairs]))
+        counts = [len(batch[row].frames) for row in fused_rows]
+        outputs_fused = {row: block.mean(dim=0) for row, block in zip(fused_rows, per_pair.split(counts))}
+    elif fused_rows:
         fused = embedder.fuse(
             torch.stack([image_features[row][1] for row in fused_rows]),
             torch.stack([text_features[row] for row in fused_rows]),
@@ -338,7 +362,11 @@ def encode_aligned_pairs(
         text_features = embedder.text_features(captions[start : start + batch_size])
         chunks["i"].append(l2_normalize(image_features).cpu())
         chunks["t"].append(l2_normalize(text_features).cpu())
-        chunks["it"].append(l2_normalize(embedder.fuse(image_features, text_features)).cpu())
+        if getattr(embedder, "token_fusion", False):  # VISTA: a third pass, image tokens inside the text encoder
+            fused = embedder.fused_features(images[start : start + batch_size], captions[start : start + batch_size])
+        else:
+            fused = embedder.fuse(image_features, text_features)
+        chunks["it"].append(l2_normalize(fused).cpu())
     embeds = {modality: torch.cat(parts).float() for modality, parts in chunks.items()}
     if cache_path is not None:
         cache.save(cache_path, torch.stack([embeds[m] for m in MODALITIES]))
