@@ -79,7 +79,7 @@ class GCLScoreFusion(nn.Module):
             # A linear relevance score per vector, computed on its direction so projection norms cannot dominate.
             # Plain parameters (not an nn.Linear) so `_init_weights` sees and zero-initialises them.
             self.score_weight = nn.Parameter(torch.zeros(embed_dim))
-            self.score_bias = nn.Parameter(torch.zeros(()))
+            self.score_bias = nn.Parameter(torch.zeros(2))  # image, text: a prior preference between the two
 
     def forward(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
         """`(batch, dim), (batch, dim) -> (batch, dim)`."""

@@ -66,6 +66,14 @@ def test_default_job_trains_the_bundled_model_and_saves_an_auto_loadable_model(t
         first, second = model(**batch), AutoModel.from_pretrained(out).eval()(**batch)
     torch.testing.assert_close(first.fused_embeds, second.fused_embeds, atol=0, rtol=0)
     assert first.image_embeds.shape == (4, 128)
+    # The saved model is the trained one: on the same held-out pairs it reproduces the "after" table that the run
+    # computed from the model in memory.
+    from trainer.data import split_holdout
+    from trainer.evaluation import encode_pairs, modality_matrix
+
+    _, heldout = split_holdout(load_image_caption_dataset(), 16, seed=42)
+    reloaded = modality_matrix(encode_pairs(model, processor, heldout, show_progress=False))
+    assert json.loads(json.dumps(reloaded)) == state["after"]
 
 
 def test_from_scratch_defaults_respect_explicit_flags(tmp_path):

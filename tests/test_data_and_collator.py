@@ -99,7 +99,7 @@ def test_collator_truncates_long_captions(processor):
         ("TRUNCATED", "fine", r"row 7 \(.*truncated.jpg\): cannot read image"),
         ("TEXT", "fine", r"row 7 \(.*notes.jpg\): cannot read image"),
         ("GOOD", "   ", r"row 7 \(.*good.jpg\): caption is empty"),
-        ("GOOD", None, r"row 7 \(.*good.jpg\): caption is a NoneType"),
+        ("GOOD", None, r"row 7 \(.*good.jpg\): caption is missing \(None\)"),
         ("GOOD", 42, r"row 7 \(.*good.jpg\): caption is a int"),
         (3.5, "fine", r"row 7: image is a float"),
     ],

@@ -49,7 +49,7 @@ def loss_and_grads(model, batch, make_loss, cached: bool):
 # gloo connects its processes through the interface that the host name resolves to; in a sandbox without a network
 # that address can be unreachable and the connection then waits forever. Loopback is always there.
 LOOPBACK_ENV = {"GLOO_SOCKET_IFNAME": "lo"} if Path("/sys/class/net/lo").exists() else {}
-CONNECT_DEADLINE_S, RUN_DEADLINE_S = 120, 300
+CONNECT_DEADLINE_S, RUN_DEADLINE_S = 90, 240  # under pytest-timeout's 300 s
 
 
 def _worker(rank: int, store: str, out_path: str):
@@ -94,10 +94,10 @@ def two_process_results(tmp_path_factory):
         if (not connected and elapsed > CONNECT_DEADLINE_S + 30) or elapsed > RUN_DEADLINE_S:
             for process in context.processes:
                 process.kill()
-            if not connected:
+            if not connected and not os.environ.get("CI"):  # CI must run the check, so there it fails
                 pytest.skip(f"2 gloo processes could not connect within {CONNECT_DEADLINE_S} s on this machine "
                             f"({LOOPBACK_ENV or 'no loopback interface found'})")
-            pytest.fail(f"2-process DDP run connected but did not finish within {RUN_DEADLINE_S} s")
+            pytest.fail(f"2-process DDP run did not finish within {RUN_DEADLINE_S} s (connected: {connected})")
     return torch.load(out_path, weights_only=True)
 
 
@@ -149,7 +149,7 @@ def test_gcl_train_runs_under_torchrun_with_two_processes(tmp_path):
         "--logging_steps", "1", "--report_to", "none",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **LOOPBACK_ENV}
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     record = json.loads((out / "retrieval_holdout.json").read_text())
     assert record["train"]["train_loss"] > 0

@@ -237,7 +237,7 @@ def test_export_loads_with_remote_code_on_a_machine_without_the_library(export, 
     # -I: no PYTHONPATH, no user site, no script directory; -S: no site-packages .pth files (the editable install).
     command = [sys.executable, "-I", "-S", str(script), str(export.path), str(tmp_path / "clip"),
                str(vista_export.path), str(tmp_path / "vista")]
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     check_remote_outputs(tmp_path / "clip", original_model)
     check_remote_outputs(tmp_path / "vista", vista_model)

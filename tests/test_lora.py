@@ -52,6 +52,11 @@ def trained_lora(tmp_path, processor, sample_dataset):
 def test_merged_model_gives_the_adapter_embeddings(tmp_path, trained_lora, sample_batch):
     with torch.no_grad():
         adapter_out = trained_lora(**sample_batch)
+    with torch.no_grad(), trained_lora.disable_adapter():
+        base_out = trained_lora(**sample_batch)
+    # The adapters learned something, so equality below is not the trivial one of zero LoRA weights.
+    assert (adapter_out.image_embeds - base_out.image_embeds).abs().max() > 1e-3
+    assert (adapter_out.text_embeds - base_out.text_embeds).abs().max() > 1e-3
     merged = merge_lora(trained_lora).eval()
     assert isinstance(merged, GCLModel)
     merged.save_pretrained(tmp_path / "merged")
@@ -74,3 +79,20 @@ def test_adapter_round_trip_restores_lora_fusion_and_logit_scale(tmp_path, train
         out = restored(**sample_batch)
     for key in ("image_embeds", "text_embeds", "fused_embeds", "logit_scale"):
         torch.testing.assert_close(out[key], expected[key], atol=1e-6, rtol=0)
+
+
+def test_train_logit_scale_trains_a_fixed_temperature_too():
+    from trainer import apply_lora
+
+    model = GCLModel.from_backbone(make_small_clip(), temperature=0.05, learnable_temperature=False)
+    assert not model.get_logit_scale().requires_grad
+    peft_model = apply_lora(model, r=2, train_logit_scale=True)
+    assert peft_model.get_base_model().get_logit_scale().requires_grad
+
+
+def test_freeze_towers_with_lora_is_an_error(tmp_path):
+    from trainer import GCLTrainer, GCLTrainingArguments
+
+    args = GCLTrainingArguments(output_dir=str(tmp_path), use_lora=True, freeze_towers=["text"], report_to="none")
+    with pytest.raises(ValueError, match="lora_frozen_towers"):
+        GCLTrainer(model=GCLModel.from_backbone(make_small_clip()), args=args)

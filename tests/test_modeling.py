@@ -58,6 +58,11 @@ def test_attention_fusion_is_learnable_and_round_trips(tmp_path, sample_batch):
     model.save_pretrained(tmp_path)
     loaded = AutoModel.from_pretrained(tmp_path)
     torch.testing.assert_close(loaded.fusion.score_weight, model.fusion.score_weight)
+    # One bias per modality: a strong preference for the image makes the fused vector the image's.
+    with torch.no_grad():
+        model.fusion.score_bias.copy_(torch.tensor([30.0, -30.0]))
+        out = model(**sample_batch)
+    torch.testing.assert_close(out.fused_embeds, out.image_embeds, atol=1e-5, rtol=0)
 
 
 def test_save_and_load_with_auto_classes_gives_identical_embeddings(tmp_path, small_gcl_model, processor, sample_batch):

@@ -283,12 +283,13 @@ def _driver(output_dir, *flags, wait=True):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     if wait:
-        output, _ = process.communicate(timeout=300)
+        output, _ = process.communicate(timeout=240)
         assert process.returncode == 0, output.decode()[-3000:]
     return process
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # three training runs in subprocesses
 def test_killed_midway_through_a_checkpoint_and_resumed_reproduces_the_uninterrupted_losses(tmp_path):
     """Kill (SIGKILL) a run while it writes checkpoint-4; resume from the last complete checkpoint (2) and compare the
     losses of steps 3–6 with an uninterrupted run. Tolerance: 1e-6 absolute (the same CPU kernels, same seed and data
@@ -412,3 +413,25 @@ def test_cli_resumes_from_the_last_checkpoint_and_cleans_interrupted_saves(tmp_p
     assert [entry["step"] for entry in state["log_history"] if "loss" in entry] == [1, 2, 3]
     assert not list(out.glob(".gcl-staging*"))
     GCLModel.from_pretrained(out)  # the final model, published atomically
+
+
+# --- review fixes -------------------------------------------------------------------------------------------------
+
+def test_rows_keep_their_original_index_through_the_holdout_split(tmp_path):
+    from trainer.data import ROW_INDEX_KEY, RowIndexedDataset, split_holdout
+
+    dataset = load_image_caption_dataset()
+    train, held = split_holdout(dataset, 16, seed=3)
+    wrapped = RowIndexedDataset(train)
+    for position in (0, 5, len(train) - 1):
+        row = wrapped[position]
+        assert dataset[row[ROW_INDEX_KEY]]["caption"] == row["caption"]
+    assert sorted(list(train[ROW_INDEX_KEY]) + list(held[ROW_INDEX_KEY])) == list(range(len(dataset)))
+    assert list(train[ROW_INDEX_KEY])[:5] != list(range(5))  # shuffled, yet each row knows where it came from
+
+
+def test_images_between_pillows_limit_and_twice_it_are_refused_by_default(tmp_path, monkeypatch):
+    PIL.Image.new("RGB", (1500, 1000)).save(tmp_path / "big.png")
+    monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 1_000_000)  # Pillow alone would only warn at 1.5 M
+    with pytest.raises(BadSampleError, match=r"1,500,000 pixels, over the cap of 1,000,000"):
+        load_rgb_image(str(tmp_path / "big.png"), row=1)

@@ -65,7 +65,8 @@ def load_model_and_processor(
         backbone_source,
         fusion=fusion or "sum",
         temperature=temperature,
-        learnable_temperature=True if learnable_temperature is None else learnable_temperature,
+        # A given temperature is a fixed one unless the caller also asks to learn it.
+        learnable_temperature=(temperature is None) if learnable_temperature is None else learnable_temperature,
         **load_kwargs,
     )
     return model, processor

@@ -74,6 +74,8 @@ def load_rgb_image(value, row=None, image_root: str | None = None, max_pixels: i
     source = _source_of(value)
     try:
         image, source = _open_image(value, row, image_root)
+        if max_pixels is None:  # Pillow itself only warns up to twice its limit
+            max_pixels = PIL.Image.MAX_IMAGE_PIXELS
         if max_pixels is not None and image.width * image.height > max_pixels:
             raise BadSampleError(
                 f"{_describe(row, source)}: image is {image.width}×{image.height} = {image.width * image.height:,} "

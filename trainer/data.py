@@ -126,8 +126,12 @@ def load_image_caption_dataset(
         )
     if isinstance((dataset.features or {}).get(image_column), datasets.Image):
         dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
-    if streaming:  # rows of a stream carry their position, so the collator can name a bad one
+    # Rows carry their position in the data as loaded, so an error names the row of the user's file even after the
+    # hold-out split has shuffled them (a new column, no rewrite of the image data).
+    if streaming:
         dataset = dataset.map(lambda _, index: {ROW_INDEX_KEY: index}, with_indices=True)
+    elif ROW_INDEX_KEY not in dataset.column_names:
+        dataset = dataset.add_column(ROW_INDEX_KEY, list(range(len(dataset))))
     return dataset
 
 
@@ -148,7 +152,7 @@ class RowIndexedDataset(TorchDataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> dict:
-        return {**self.dataset[index], ROW_INDEX_KEY: index}
+        return {ROW_INDEX_KEY: index, **self.dataset[index]}  # a row's own (original) index wins
 
     def __getattr__(self, name):  # column_names, features, ... of the wrapped dataset
         if name == "dataset":

@@ -101,7 +101,10 @@ def apply_lora(
     )
     peft_model = get_peft_model(model, config)
     if train_logit_scale:
-        peft_model.get_base_model().encoder.logit_scale.requires_grad_(True)
+        base = peft_model.get_base_model()
+        base.encoder.logit_scale.requires_grad_(True)
+        # A fixed-temperature config (VISTA's default) detaches the scale in `get_logit_scale`; learning it was asked.
+        base.config.learnable_temperature = True
     return peft_model
 
 

@@ -113,6 +113,9 @@ class GCLTrainer(Trainer):
     def __init__(self, model=None, args: GCLTrainingArguments | None = None, data_collator=None, train_dataset=None,
                  loss=None, **kwargs):
         args = args if args is not None else GCLTrainingArguments()
+        if getattr(args, "use_lora", False) and getattr(args, "freeze_towers", None):
+            raise ValueError("freeze_towers applies to full fine-tuning; with use_lora, name the towers that get no "
+                             "adapters in lora_frozen_towers.")
         if getattr(args, "use_lora", False) and not hasattr(model, "peft_config"):
             model = apply_lora(
                 model,

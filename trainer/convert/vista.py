@@ -17,6 +17,7 @@ import argparse
 import json
 import math
 import os
+import pickle
 import sys
 from collections.abc import Mapping
 
@@ -164,10 +165,17 @@ def convert_vista_state_dict(
 
 def load_checkpoint(path: str) -> dict[str, torch.Tensor]:
     """The flat state dict, loaded without executing pickled code (`weights_only=True`)."""
-    try:  # memory-mapped where the file allows it (zip format), so only the converted tensors are read
-        state_dict = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:
-        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    if not os.path.isfile(path):
+        raise ConversionError(f"{path}: no such checkpoint file.")
+    try:
+        try:  # memory-mapped where the file allows it (zip format), so only the converted tensors are read
+            state_dict = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as error:
+            if "mmap" not in str(error):
+                raise
+            state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as error:
+        raise ConversionError(f"{path}: not a weights-only loadable checkpoint ({type(error).__name__}: {error}).") from None
     if not isinstance(state_dict, Mapping) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
         raise ConversionError(f"{path}: expected a flat state dict of tensors (Visualized-BGE's .pth).")
     return dict(state_dict)

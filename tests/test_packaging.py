@@ -1,0 +1,35 @@
+"""The built wheel carries every data file the library reads at run time (an editable install hides omissions)."""
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from .conftest import REPO_ROOT
+
+
+def test_wheel_contains_the_runtime_data_files(tmp_path):
+    pytest.importorskip("setuptools", reason="building the wheel offline needs setuptools in the environment")
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(REPO_ROOT), "--no-deps", "--no-build-isolation", "-q", "-w",
+         str(tmp_path)], capture_output=True, text=True, timeout=240,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    (wheel,) = tmp_path.glob("*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    expected = {
+        "hub_cards/templates/model_card.md",
+        "hub_cards/templates/citation.bib",
+        "trainer/evaluation/metric_module/gcl_retrieval/gcl_retrieval.py",
+        "trainer/resources/openclipart_sample/metadata.jsonl",
+        "trainer/resources/tiny_clip/config.json",
+        "trainer/resources/tiny_clip/tokenizer.json",
+        "trainer/resources/tiny_clip/preprocessor_config.json",
+    }
+    expected |= {str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / "modeling_gcl").glob("*.py")}
+    assert expected <= names, sorted(expected - names)
+    images = [n for n in names if n.startswith("trainer/resources/openclipart_sample/images/")]
+    assert len(images) == len(list((REPO_ROOT / "trainer/resources/openclipart_sample/images").glob("*.jpg"))) == 320
+    assert not any(n.startswith("tests/") for n in names)
