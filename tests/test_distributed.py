@@ -1,6 +1,7 @@
 """Cross-device negatives: 2 processes (gloo, CPU) under DDP equal one process on the concatenated batch."""
 
 import os
+import sys
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -52,14 +53,20 @@ LOOPBACK_ENV = {"GLOO_SOCKET_IFNAME": "lo"} if Path("/sys/class/net/lo").exists(
 CONNECT_DEADLINE_S, RUN_DEADLINE_S = 90, 240  # under pytest-timeout's 300 s
 
 
-def _worker(rank: int, store: str, out_path: str):
+def _worker(rank: int, store: str, out_path: str, batch_path: str):
+    import faulthandler
+
+    # Should the group ever hang, print every thread's stack (to the test's output) before the parent kills it.
+    faulthandler.dump_traceback_later(RUN_DEADLINE_S - 20, exit=True)
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD_SIZE,
                             timeout=timedelta(seconds=CONNECT_DEADLINE_S))
     try:
         dist.barrier()
         Path(f"{out_path}.connected{rank}").touch()
-        batch = {k: v[rank * PER_DEVICE : (rank + 1) * PER_DEVICE] for k, v in full_batch().items()}
+        # The batch comes from the parent, so the workers do no data loading (and share no dataset cache).
+        batch = {k: v[rank * PER_DEVICE : (rank + 1) * PER_DEVICE]
+                 for k, v in torch.load(batch_path, weights_only=True).items()}
         model = GCLModel.from_backbone(make_small_clip(seed=0)).train()
         ddp = torch.nn.parallel.DistributedDataParallel(model, broadcast_buffers=False, find_unused_parameters=False)
         results = {}
@@ -72,6 +79,10 @@ def _worker(rank: int, store: str, out_path: str):
             torch.save(results, out_path)
     finally:
         dist.destroy_process_group()
+    # Interpreter shutdown of a spawned child sometimes never returns (seen ~1 run in 3 here, after the group was
+    # destroyed and the results written); the work is done, so leave without it.
+    sys.stdout.flush(), sys.stderr.flush()
+    os._exit(0)
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +92,9 @@ def two_process_results(tmp_path_factory):
     previous = {key: os.environ.get(key) for key in LOOPBACK_ENV}
     os.environ.update(LOOPBACK_ENV)  # the spawned workers inherit it
     try:
-        context = mp.spawn(_worker, args=(str(folder / "store"), str(out_path)), nprocs=WORLD_SIZE, join=False)
+        torch.save(full_batch(), folder / "batch.pt")
+        context = mp.spawn(_worker, args=(str(folder / "store"), str(out_path), str(folder / "batch.pt")),
+                           nprocs=WORLD_SIZE, join=False)
     finally:
         for key, value in previous.items():
             os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
