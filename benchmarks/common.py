@@ -4,7 +4,6 @@ sample (tiled to the batch size asked for)."""
 import statistics
 import time
 
-import torch
 
 from modeling_gcl import GCLModel
 from trainer import GCLCollator, load_bundled_tiny_clip, load_image_caption_dataset

@@ -8,7 +8,7 @@ from modeling_gcl import GCLModel
 from trainer import GCLCollator, GCLTrainer, GCLTrainingArguments
 from trainer.losses import CachedLoss, CLIPLoss, GCLLoss
 
-from .conftest import make_small_clip, small_clip_config
+from .conftest import small_clip_config
 
 
 def make_model(dropout: float = 0.0, seed: int = 0) -> GCLModel:

@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 from torch.utils.data import IterableDataset
 
 from modeling_gcl import GCLModel

@@ -1,6 +1,5 @@
 """GCLTrainer: losses, logged terms, gradient accumulation, bad samples, a plain Trainer, and learning on real data."""
 
-import PIL.Image
 import pytest
 import torch
 from transformers import Trainer, TrainingArguments

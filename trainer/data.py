@@ -2,12 +2,13 @@
 """Image–caption training data as `datasets.Dataset`: from the Hub, a local `imagefolder`, a JSONL file, or the
 sample bundled with the package."""
 
-import json
 import os
 from pathlib import Path
 
 import datasets
 from torch.utils.data import Dataset as TorchDataset
+
+from . import textfiles
 
 RESOURCES = Path(__file__).resolve().parent / "resources"
 BUNDLED_SAMPLE_DIR = RESOURCES / "openclipart_sample"
@@ -24,23 +25,7 @@ class DataError(ValueError):
 def read_jsonl_objects(path: str | os.PathLike):
     """Yield `(line_number, dict)` for each non-blank line of a JSONL file; invalid UTF-8, invalid JSON or a
     non-object line raises `DataError` naming the file and line."""
-    with open(path, "rb") as handle:
-        for line_number, raw in enumerate(handle, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as error:
-                raise DataError(
-                    f"{path}:{line_number}: not valid UTF-8 (byte {raw[error.start]:#04x} at column {error.start + 1})."
-                ) from None
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataError(f"{path}:{line_number}: not valid JSON ({error.msg}).") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{line_number}: expected a JSON object, got {type(row).__name__}.")
-            yield line_number, row
+    return textfiles.read_jsonl_objects(path, DataError)
 
 
 def _check_imagefolder_metadata(folder: Path) -> None:

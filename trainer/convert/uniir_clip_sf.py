@@ -20,7 +20,7 @@ import typing
 from collections.abc import Mapping
 
 import torch
-from transformers import AutoTokenizer, CLIPConfig
+from transformers import CLIPConfig
 
 from modeling_gcl import GCLConfig, GCLModel, GCLProcessor
 

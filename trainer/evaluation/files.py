@@ -1,10 +1,10 @@
 # Copyright 2026 The GCL-HF authors. Apache-2.0.
 """Reading benchmark files with errors that name the file and line; nothing is dropped silently."""
 
-import json
 import os
 from collections.abc import Iterator
-from pathlib import Path
+
+from .. import textfiles
 
 
 class EvaluationDataError(ValueError):
@@ -13,17 +13,7 @@ class EvaluationDataError(ValueError):
 
 def read_text_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
     """Yield `(line_number, line)` of a UTF-8 text file; invalid UTF-8 raises, naming the line."""
-    path = Path(path)
-    if not path.is_file():
-        raise EvaluationDataError(f"{path}: no such file.")
-    with open(path, "rb") as handle:
-        for line_number, raw in enumerate(handle, start=1):
-            try:
-                yield line_number, raw.decode("utf-8")
-            except UnicodeDecodeError as error:
-                raise EvaluationDataError(
-                    f"{path}:{line_number}: not valid UTF-8 (byte {raw[error.start]:#04x} at column {error.start + 1})."
-                ) from None
+    return textfiles.read_text_lines(path, EvaluationDataError)
 
 
 def read_text(path: str | os.PathLike) -> str:
@@ -33,19 +23,7 @@ def read_text(path: str | os.PathLike) -> str:
 
 def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
     """Yield `(line_number, object)` for each non-blank line; a line that is not a JSON object raises."""
-    path = Path(path)
-    if not path.is_file():
-        raise EvaluationDataError(f"{path}: no such file.")
-    for line_number, line in read_text_lines(path):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise EvaluationDataError(f"{path}:{line_number}: not valid JSON ({error.msg}).") from None
-        if not isinstance(row, dict):
-            raise EvaluationDataError(f"{path}:{line_number}: expected a JSON object, got {type(row).__name__}.")
-        yield line_number, row
+    return textfiles.read_jsonl_objects(path, EvaluationDataError)
 
 
 def resolve_image(value, root: str | os.PathLike, where: str, check: bool = True) -> str | None:
