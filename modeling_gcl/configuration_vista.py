@@ -34,6 +34,9 @@ class GCLEvaVisionConfig(PreTrainedConfig):
         rope_pretrain_grid (`int`, defaults to 16): the patch grid the rotary coordinates are scaled to
             (EVA02 scales the row/column index by `rope_pretrain_grid / grid`).
         attention_dropout (`float`, defaults to 0.0): dropout on the attention probabilities.
+        patch_dropout (`float`, defaults to 0.0): in training only, drop this fraction of the patch tokens (a random
+            subset per image; the class token is kept), as EVA02-CLIP trains (its B/16 config uses 0.5). Off by
+            default so fine-tuning is deterministic; never active in `eval()`.
         initializer_range (`float`, defaults to 0.02): std of the normal initialisation of new weights.
     """
 
@@ -50,6 +53,7 @@ class GCLEvaVisionConfig(PreTrainedConfig):
     rope_theta: float = 10000.0
     rope_pretrain_grid: int = 16
     attention_dropout: float = 0.0
+    patch_dropout: float = 0.0
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):
@@ -60,6 +64,8 @@ class GCLEvaVisionConfig(PreTrainedConfig):
             raise ValueError(
                 f"GCLEvaVisionConfig: hidden_size {self.hidden_size} is not divisible by {self.num_attention_heads} heads."
             )
+        if not 0.0 <= self.patch_dropout < 1.0:
+            raise ValueError(f"GCLEvaVisionConfig: patch_dropout must be in [0, 1), got {self.patch_dropout}.")
         if (self.hidden_size // self.num_attention_heads) % 4:
             raise ValueError("GCLEvaVisionConfig: the head size must be a multiple of 4 (2-D rotary embedding).")
 

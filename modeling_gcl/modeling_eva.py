@@ -152,9 +152,27 @@ class GCLEvaVisionModel(nn.Module):
 
     def forward(self, pixel_values: torch.FloatTensor) -> torch.Tensor:
         hidden_states = self.embeddings(pixel_values)
+        rope_cos, rope_sin = self.rope.freqs_cos, self.rope.freqs_sin
+        if self.training and self.config.patch_dropout > 0:
+            hidden_states, rope_cos, rope_sin = drop_patches(hidden_states, rope_cos, rope_sin, self.config.patch_dropout)
         for layer in self.layers:
-            hidden_states = layer(hidden_states, self.rope.freqs_cos, self.rope.freqs_sin)
+            hidden_states = layer(hidden_states, rope_cos, rope_sin)
         return hidden_states
 
 
-__all__ = ["GCLEvaVisionModel", "GCLEvaLayer", "GCLEvaRotaryEmbedding", "apply_eva_rope", "eva_rope_tables"]
+def drop_patches(
+    hidden_states: torch.Tensor, rope_cos: torch.Tensor, rope_sin: torch.Tensor, rate: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """EVA02-CLIP's patch dropout: keep a random `1 - rate` of each image's patch tokens (the class token always), and
+    the rotary tables of the kept positions. `(batch, 1 + P, hidden), (P, d), (P, d)` ->
+    `(batch, 1 + K, hidden), (batch, 1, K, d), (batch, 1, K, d)` with `K = max(1, int(P · (1 - rate)))`."""
+    batch, length, _ = hidden_states.shape
+    num_patches = length - 1
+    keep = max(1, int(num_patches * (1 - rate)))
+    kept = torch.rand(batch, num_patches, device=hidden_states.device).argsort(dim=-1)[:, :keep]  # (batch, K)
+    patches = hidden_states[:, 1:].gather(1, kept.unsqueeze(-1).expand(-1, -1, hidden_states.shape[-1]))
+    # One table row per kept patch and image; the extra axis broadcasts over the attention heads.
+    return torch.cat([hidden_states[:, :1], patches], dim=1), rope_cos[kept].unsqueeze(1), rope_sin[kept].unsqueeze(1)
+
+
+__all__ = ["GCLEvaVisionModel", "GCLEvaLayer", "GCLEvaRotaryEmbedding", "apply_eva_rope", "drop_patches", "eva_rope_tables"]

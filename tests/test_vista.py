@@ -415,3 +415,82 @@ def test_vista_processor_round_trips(tmp_path):
     assert isinstance(loaded, GCLProcessor) and loaded.max_text_length == 316
     assert "token_type_ids" not in loaded(text=["a"], return_tensors="pt")
     assert loaded.image_processor.crop_size == {"height": 224, "width": 224}
+
+
+# --- patch dropout ----------------------------------------------------------------------------------------------------
+
+def _patch_dropout_model(rate, layers=None):
+    vision = dict(SMALL_EVA, patch_dropout=rate, **({} if layers is None else {"num_hidden_layers": layers}))
+    torch.manual_seed(0)
+    return GCLModel(GCLConfig(backbone_type="vista", vista_config=dict(
+        text_config=dict(model_type="bert", **SMALL_TEXT["base"]), vision_config=vision)))
+
+
+def test_patch_dropout_keeps_a_random_subset_in_training_only():
+    model = _patch_dropout_model(0.5, layers=0)  # no blocks: the tower returns its embedded tokens
+    tower = model.encoder.vision_model
+    pixels = torch.randn(3, 3, SMALL_EVA["image_size"], SMALL_EVA["image_size"])
+    full = tower.eval()(pixels)
+    patches = full.shape[1] - 1
+    dropped = tower.train()(pixels)
+    assert dropped.shape[1] == 1 + patches // 2
+    torch.testing.assert_close(dropped[:, 0], full[:, 0])  # the class token is always kept
+    kept = []
+    for image in range(3):  # every kept token is one of the image's own patch tokens, each at most once
+        match = (dropped[image, 1:, None] - full[image, None, 1:]).abs().amax(-1).argmin(-1)
+        torch.testing.assert_close(dropped[image, 1:], full[image, 1:][match])
+        assert len(set(match.tolist())) == patches // 2
+        kept.append(tuple(sorted(match.tolist())))
+    assert len(set(kept)) > 1  # a different subset per image
+    eval_model = _patch_dropout_model(0.5).eval()
+    no_dropout = _patch_dropout_model(0.0).eval()
+    ids, mask = text_batch()
+    with torch.no_grad():
+        torch.testing.assert_close(eval_model.get_fused_features(pixels, ids, mask),
+                                   no_dropout.get_fused_features(pixels, ids, mask))
+
+
+def test_patch_dropout_rotary_tables_follow_the_kept_patches():
+    """A kept patch attends with the rotary angles of its own grid position: with dropout, the block's output for the
+    kept tokens equals the block run on just those tokens with their rows of the rotary table."""
+    model = _patch_dropout_model(0.5, layers=1)
+    tower = model.encoder.vision_model.train()
+    pixels = torch.randn(2, 3, SMALL_EVA["image_size"], SMALL_EVA["image_size"])
+    torch.manual_seed(5)
+    out = tower(pixels)
+    embedded = tower.embeddings(pixels)
+    torch.manual_seed(5)  # the same draw again tells which patches each image kept
+    kept = torch.rand(2, embedded.shape[1] - 1).argsort(dim=-1)[:, : out.shape[1] - 1]
+    for image in range(2):
+        order = kept[image]
+        tokens = torch.cat([embedded[image : image + 1, :1], embedded[image : image + 1, 1:][:, order]], dim=1)
+        expected = tower.layers[0](tokens, tower.rope.freqs_cos[order], tower.rope.freqs_sin[order])
+        torch.testing.assert_close(out[image : image + 1], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_cached_loss_replays_patch_dropout():
+    """GradCache re-embeds each mini-batch with the RNG state of its first pass, so the same patches are dropped: the
+    reference is the same mini-batches embedded with a graph in the same RNG sequence (as for dropout)."""
+    from trainer.losses import CachedLoss, GCLLoss
+
+    pixels = torch.randn(4, 3, SMALL_EVA["image_size"], SMALL_EVA["image_size"])
+    ids, mask = text_batch()
+    batch = {"pixel_values": pixels, "input_ids": torch.cat([ids, ids[:1]]), "attention_mask": torch.cat([mask, mask[:1]])}
+    reference = _patch_dropout_model(0.5).train()
+    torch.manual_seed(1)
+    outs = [reference(**{k: v[s : s + 2] for k, v in batch.items()}) for s in (0, 2)]
+    columns = [torch.cat([getattr(o, key) for o in outs]) for key in ("image_embeds", "text_embeds", "fused_embeds")]
+    loss, _ = GCLLoss()(*columns, 1 / outs[0].logit_scale)
+    loss.backward()
+    model = _patch_dropout_model(0.5).train()
+    torch.manual_seed(1)
+    cached, _, _ = CachedLoss(GCLLoss(), mini_batch_size=2)(model, batch)
+    cached.backward()
+    assert cached.item() == pytest.approx(loss.item(), abs=1e-5)
+    reference_grads = dict(reference.named_parameters())
+    for name, parameter in model.named_parameters():
+        if parameter.grad is not None:
+            torch.testing.assert_close(parameter.grad, reference_grads[name].grad, atol=1e-5, rtol=1e-4, msg=name)
+    torch.manual_seed(2)  # patch dropout is really active: another draw, another loss
+    other, _, _ = CachedLoss(GCLLoss(), mini_batch_size=2)(_patch_dropout_model(0.5).train(), batch)
+    assert abs(other.item() - loss.item()) > 1e-4
