@@ -55,7 +55,8 @@ class UniqueGroupBatchSampler(Sampler[list[int]]):
                     batch.append(index)
                     groups.add(self.group_ids[index])
             pending.extendleft(reversed(deferred))
-            # A batch is short only once the epoch's rows ran out, so short batches come last.
+            # A batch is short only when the rows left are all of groups already in it, i.e. at the end of the epoch
+            # (there can be several short ones when one group holds many of the last rows); drop_last drops them all.
             if len(batch) == self.batch_size or not self.drop_last:
                 batches.append(batch)
         return batches
