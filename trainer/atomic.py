@@ -76,18 +76,28 @@ def staged_directory(final_dir: str | os.PathLike):
     final_dir = Path(final_dir)
     final_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{final_dir.name}-", dir=final_dir.parent))
-    previous = None
     try:
         yield staging
-        _fsync_tree(staging)
+        publish_directory(staging, final_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # gone once published; removed if the block raised
+
+
+def publish_directory(staged: str | os.PathLike, final_dir: str | os.PathLike) -> None:
+    """Rename the complete folder `staged` to `final_dir` (same file system). An existing `final_dir` is moved aside
+    and deleted only after the new one is in place, so a crash at any moment leaves the old folder, the new one, or the
+    old one under a hidden `.gcl-staging-*` name; if the rename fails, the old folder is put back."""
+    final_dir = Path(final_dir)
+    _fsync_tree(staged)
+    previous = None
+    try:
         if final_dir.exists():
             previous = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}old-{final_dir.name}-", dir=final_dir.parent))
             os.rmdir(previous)
             os.replace(final_dir, previous)
-        os.replace(staging, final_dir)
+        os.replace(staged, final_dir)
         _fsync_path(final_dir.parent)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
         if previous is not None and not final_dir.exists():  # put the old output back
             os.replace(previous, final_dir)
         raise

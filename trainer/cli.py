@@ -257,7 +257,6 @@ def run(argv: list[str] | None = None) -> dict:
                                              f"Held-out retrieval after training ({len(holdout)} pairs, hit@k %):")
     if training_args.should_save:
         atomic_write_json(os.path.join(output_dir, "retrieval_holdout.json"), results)
-    if training_args.should_save:
         from hub_cards import write_training_record  # what a model card reports that the model files do not hold
 
         write_training_record(

@@ -14,7 +14,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from modeling_gcl import ALL_LOSS_PAIRS
 
-from .atomic import STAGING_PREFIX, remove_stale_staging
+from .atomic import STAGING_PREFIX, publish_directory, remove_stale_staging
 from .collator import SKIPPED_SAMPLES_KEY, GCLCollator
 from .data import RowIndexedDataset
 from .losses import LOSSES, CachedLoss, build_loss
@@ -260,27 +260,11 @@ class GCLTrainer(Trainer):
         # Every process has written its RNG state into the staged folder before it is moved.
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
-            _publish_checkpoint(staged, final)
+            publish_directory(staged, final)
             shutil.rmtree(staging_root, ignore_errors=True)
             rotate_checkpoints(output_dir=run_dir, save_total_limit=self.args.save_total_limit,
                                best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
         self.accelerator.wait_for_everyone()
-
-
-def _publish_checkpoint(staged: str, final: str) -> None:
-    """Move a complete staged checkpoint to its final name (replacing an older one of the same step)."""
-    from .atomic import _fsync_path, _fsync_tree
-
-    _fsync_tree(staged)
-    if os.path.exists(final):
-        aside = f"{os.path.dirname(final)}/{STAGING_PREFIX}old-{os.path.basename(final)}"
-        shutil.rmtree(aside, ignore_errors=True)
-        os.replace(final, aside)
-        os.replace(staged, final)
-        shutil.rmtree(aside, ignore_errors=True)
-    else:
-        os.replace(staged, final)
-    _fsync_path(os.path.dirname(final))
 
 
 def check_finite_parameters(model: torch.nn.Module, where: str) -> None:
