@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +22,8 @@ from transformers import AutoModel, AutoProcessor
 from transformers.dynamic_module_utils import custom_object_save, get_imports, get_relative_imports
 
 from modeling_gcl import GCL_PIPELINE_TASK, GCLFeatureExtractionPipeline
+
+from trainer.atomic import staged_directory
 
 from .card import HOLDOUT_HEATMAP_METRIC, render_model_card
 from .run_record import ADAPTER_SUBDIR, HOLDOUT_FILE, TRAINING_RECORD_FILE, RunInfo, read_run
@@ -253,9 +254,7 @@ def prepare_export_dir(
     export_dir = Path(export_dir)
     if export_dir.exists() and not overwrite:
         raise FileExistsError(f"{export_dir} exists; pass overwrite=True to replace it.")
-    export_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=export_dir.parent, prefix=f".{export_dir.name}.staging-"))
-    try:
+    with staged_directory(export_dir) as staging:
         if kind == "adapter":
             _export_adapter(run, staging)
         else:
@@ -265,10 +264,4 @@ def prepare_export_dir(
         card = render_model_card(run, repo_id, lora="adapter" if kind == "adapter" else None,
                                  eval_metrics=eval_metrics, heatmap=heatmap, **card_options)
         card.save(staging / CARD_FILE)
-        if export_dir.exists():
-            shutil.rmtree(export_dir)
-        os.replace(staging, export_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return Export(path=export_dir, kind=kind)

@@ -13,11 +13,12 @@ import json
 import logging
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Any
+
+from trainer.atomic import atomic_write_json
 
 TRAINING_RECORD_FILE = "gcl_training.json"
 HOLDOUT_FILE = "retrieval_holdout.json"
@@ -43,17 +44,7 @@ _BOOKKEEPING_PREFIXES = ("logging_", "save_", "hub_", "dataloader_", "eval_", "d
 
 def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
     """Write `data` as JSON to `path` through a temporary file and a rename, so readers never see half a file."""
-    path = Path(path)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            json.dump(data, stream, indent=2, sort_keys=False, default=str)
-            stream.write("\n")
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+    atomic_write_json(path, data, default=str)
 
 
 def _jsonable(value: Any) -> Any:

@@ -41,28 +41,38 @@ def _fsync_tree(root: str | os.PathLike) -> None:
         _fsync_path(folder)
 
 
-def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> None:
-    """Write `text` to `path` through a temporary file in the same folder and a rename."""
+def atomic_write(path: str | os.PathLike, write) -> Path:
+    """Call `write(temporary_path)` on a temporary file beside `path`, then move it into place with `os.replace`:
+    readers see the old file or the whole new one, never a half-written one. The file gets the usual permissions
+    (`mkstemp` would leave it private to the owner)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(descriptor)
     try:
-        with os.fdopen(descriptor, "w", encoding=encoding) as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
+        write(temporary)
+        _fsync_path(temporary)
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
         raise
     _fsync_path(path.parent)
+    return path
 
 
-def atomic_write_json(path: str | os.PathLike, data, **dump_kwargs) -> None:
-    """`json.dump` `data` to `path` atomically (indent 2 unless given)."""
+def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> Path:
+    """Write `text` to `path` atomically (see `atomic_write`)."""
+    return atomic_write(path, lambda temporary: Path(temporary).write_text(text, encoding=encoding))
+
+
+def atomic_write_json(path: str | os.PathLike, data, **dump_kwargs) -> Path:
+    """`json.dumps` `data` (indent 2 unless given) to `path` atomically."""
     dump_kwargs.setdefault("indent", 2)
-    atomic_write_text(path, json.dumps(data, **dump_kwargs) + "\n")
+    return atomic_write_text(path, json.dumps(data, **dump_kwargs) + "\n")
 
 
 @contextlib.contextmanager

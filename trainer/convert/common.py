@@ -3,13 +3,13 @@
 
 import os
 import re
-import shutil
-import tempfile
 from collections.abc import Iterable, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+
+from ..atomic import staged_directory
 
 
 class ConversionError(ValueError):
@@ -55,25 +55,13 @@ def check_layout(
 
 @contextmanager
 def atomic_output_dir(output_dir: str | os.PathLike, overwrite: bool = False):
-    """Yield a temporary directory beside `output_dir`; on success it is renamed to `output_dir` (replacing an
-    existing one only with `overwrite`), on failure it is removed, so `output_dir` is never left half-written."""
+    """Yield a temporary directory beside `output_dir`; on success it replaces `output_dir` (an existing one only with
+    `overwrite`), on failure it is removed, so `output_dir` is never left half-written."""
     output_dir = Path(output_dir).resolve()
     if output_dir.exists() and not overwrite:
         raise FileExistsError(f"{output_dir} exists; pass --overwrite to replace it.")
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
-    try:
-        yield tmp_dir
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
-    backup = None
-    if output_dir.exists():
-        backup = output_dir.with_name(f".{output_dir.name}.old-{os.getpid()}")
-        os.rename(output_dir, backup)
-    os.rename(tmp_dir, output_dir)
-    if backup is not None:
-        shutil.rmtree(backup, ignore_errors=True)
+    with staged_directory(output_dir) as staging:
+        yield staging
 
 
 def meta_state_shapes(build) -> dict[str, tuple[int, ...]]:

@@ -245,7 +245,7 @@ class EmbeddingCache:
         return torch.load(path, map_location="cpu", weights_only=True)
 
     def save(self, path: Path, embeddings: torch.Tensor) -> None:
-        from .report import atomic_write
+        from ..atomic import atomic_write
 
         atomic_write(path, lambda temporary: torch.save(embeddings.contiguous(), temporary))
 

@@ -2,15 +2,15 @@
 """Evaluation outputs: `metrics.json` (atomic write), markdown tables, and PNG plots (matplotlib, the `plots` extra;
 skipped with a message when it is missing)."""
 
-import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+
+from ..atomic import atomic_write, atomic_write_json, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -19,40 +19,14 @@ ARROW = "→"
 PLOTS_MISSING = "matplotlib is not installed (pip install 'gcl-hf[plots]'): skipping the PNG plots."
 
 
-def atomic_write(path: str | os.PathLike, write) -> Path:
-    """Call `write(temporary_path)` on a temporary file beside `path`, then move it into place with `os.replace`:
-    readers see the old file or the whole new one, never a half-written one. The file gets the usual permissions
-    (`mkstemp` would leave it private to the owner)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)
-        write(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
-    return path
-
-
 def write_json(path: str | os.PathLike, data) -> Path:
-    """Write JSON atomically (see `atomic_write`)."""
-    def write(temporary):
-        with open(temporary, "w", encoding="utf-8") as stream:
-            json.dump(data, stream, indent=2, allow_nan=True)
-            stream.write("\n")
-
-    return atomic_write(path, write)
+    """Write JSON atomically (see `trainer.atomic.atomic_write`)."""
+    return atomic_write_json(path, data, allow_nan=True)
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write text atomically (see `atomic_write`)."""
-    return atomic_write(path, lambda temporary: Path(temporary).write_text(text, encoding="utf-8"))
+    """Write text atomically (see `trainer.atomic.atomic_write`)."""
+    return atomic_write_text(path, text)
 
 
 def format_number(value, digits: int = 1) -> str:
