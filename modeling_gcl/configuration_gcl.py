@@ -39,6 +39,19 @@ def split_pair(name: str) -> tuple[str, str]:
     return anchor, positive
 
 
+def check_loss_modalities(modalities, pairs) -> list[str]:
+    """Validate the modalities a GCL softmax spans: known, unique, and covering both ends of every pair."""
+    modalities = list(modalities)
+    unknown = [m for m in modalities if m not in MODALITIES]
+    if unknown or not modalities or len(set(modalities)) != len(modalities):
+        raise ValueError(f"loss_modalities must be distinct values from {', '.join(MODALITIES)}; got {modalities}.")
+    for name in pairs:
+        missing = [m for m in split_pair(name) if m not in modalities]
+        if missing:
+            raise ValueError(f"loss pair {name!r} needs modality {missing[0]!r} in loss_modalities {modalities}.")
+    return [m for m in MODALITIES if m in modalities]  # canonical order: the logits' block layout relies on it
+
+
 class GCLConfig(PreTrainedConfig):
     r"""
     Configuration of a [`GCLModel`]: a multimodal retriever that embeds images, texts and fused image+text
@@ -79,6 +92,13 @@ class GCLConfig(PreTrainedConfig):
             One weight per entry of `loss_pairs` (all 1.0 by default). The loss is the weighted mean of the terms.
         exclude_other_positive (`bool`, *optional*, defaults to `False`):
             Drop the anchor's *other* positive from the denominator of each term. The paper's Eq. 2 keeps it.
+        loss_modalities (`list[str]`, *optional*):
+            The modalities whose items the GCL softmax spans (all of `i, t, it` by default, as Eq. 2). `["i", "t"]`
+            with `loss_pairs=["i2t", "t2i"]` is CL plus intra-modality separation: the 2N × 2N image–text matrix,
+            other images and other texts as negatives.
+        sigmoid_bias_init (`float`, *optional*):
+            Initial value of the learnable logit bias `b` of the sigmoid GCL loss (SigLIP's `b`, which starts at -10).
+            `None` (the default): the model has no `logit_bias` parameter.
     """
 
     model_type = "gcl"
@@ -98,6 +118,8 @@ class GCLConfig(PreTrainedConfig):
     loss_pairs: list[str] = field(default_factory=lambda: list(ALL_LOSS_PAIRS))
     loss_weights: list[float] | None = None
     exclude_other_positive: bool = False
+    loss_modalities: list[str] = field(default_factory=lambda: list(MODALITIES))
+    sigmoid_bias_init: float | None = None
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -118,6 +140,7 @@ class GCLConfig(PreTrainedConfig):
             split_pair(name)
         if len(set(self.loss_pairs)) != len(self.loss_pairs):
             raise ValueError(f"GCLConfig: loss_pairs has duplicates: {self.loss_pairs}.")
+        self.loss_modalities = check_loss_modalities(self.loss_modalities, self.loss_pairs)
         if self.loss_weights is not None:
             self.loss_weights = [float(w) for w in self.loss_weights]
             if len(self.loss_weights) != len(self.loss_pairs):
@@ -171,5 +194,6 @@ __all__ = [
     "FUSION_MODES",
     "MODALITIES",
     "TOKEN_FUSION",
+    "check_loss_modalities",
     "split_pair",
 ]

@@ -52,6 +52,8 @@ class GCLOutput(ModelOutput):
         `pixel_values` and `input_ids` are given. The zero-shot-image-classification pipeline reads it.
     logits_per_text (`torch.FloatTensor` of shape `(text_batch_size, image_batch_size)`, *optional*):
         The transpose of `logits_per_image`.
+    logit_bias (`torch.FloatTensor` of shape `()`, *optional*):
+        The learnable bias `b` of the sigmoid GCL loss; present when the model has one (`config.sigmoid_bias_init`).
     """
 
     loss: torch.FloatTensor | None = None
@@ -63,6 +65,7 @@ class GCLOutput(ModelOutput):
     # Last, so the tuple positions of the fields above stay as they were.
     logits_per_image: torch.FloatTensor | None = None
     logits_per_text: torch.FloatTensor | None = None
+    logit_bias: torch.FloatTensor | None = None
 
 
 class GCLScoreFusion(nn.Module):
@@ -119,6 +122,8 @@ class GCLPreTrainedModel(PreTrainedModel):
     def _init_weights(self, module):
         # The wrapped CLIP / text encoders are PreTrainedModels and initialise themselves; only GCL's own modules
         # (the fusion, VISTA's EVA tower, `visual_proj` and logit scale) land here.
+        if isinstance(module, GCLModel) and module.logit_bias is not None:
+            init.constant_(module.logit_bias, self.config.sigmoid_bias_init)
         if isinstance(module, GCLScoreFusion) and module.mode == "attention":
             init.zeros_(module.score_weight)
             init.zeros_(module.score_bias)
@@ -183,7 +188,25 @@ class GCLModel(GCLPreTrainedModel):
             with torch.no_grad():
                 self.encoder.logit_scale.fill_(math.log(1.0 / config.temperature))
         self.encoder.logit_scale.requires_grad_(config.learnable_temperature)
+        # SigLIP-style bias of the sigmoid GCL loss; embeddings never use it.
+        self.logit_bias = None
+        if config.sigmoid_bias_init is not None:
+            self.logit_bias = nn.Parameter(torch.tensor(float(config.sigmoid_bias_init)))
         self.post_init()
+
+    def add_logit_bias(self, init_value: float = -10.0) -> None:
+        """Give the model the learnable bias of the sigmoid GCL loss (a no-op when it has one): the model of a
+        softmax-trained checkpoint or a plain backbone can then be trained with `--loss gcl_sigmoid`."""
+        if self.logit_bias is not None:
+            return
+        self.config.sigmoid_bias_init = float(init_value)
+        device = self.encoder.logit_scale.device
+        self.logit_bias = nn.Parameter(torch.tensor(float(init_value), device=device))
+
+    def set_learnable_temperature(self, learnable: bool) -> None:
+        """Train (or freeze) the logit scale, and record it in the config so a reload keeps the choice."""
+        self.config.learnable_temperature = bool(learnable)
+        self.encoder.logit_scale.requires_grad_(bool(learnable))
 
     @classmethod
     def from_backbone(
@@ -430,6 +453,7 @@ class GCLModel(GCLPreTrainedModel):
                 pairs=self.config.loss_pairs,
                 weights=self.config.loss_weights,
                 exclude_other_positive=self.config.exclude_other_positive,
+                modalities=self.config.loss_modalities,
             )
         return GCLOutput(
             loss=loss,
@@ -440,6 +464,7 @@ class GCLModel(GCLPreTrainedModel):
             loss_terms=loss_terms,
             logits_per_image=logits_per_image,
             logits_per_text=logits_per_text,
+            logit_bias=self.logit_bias,
         )
 
 

@@ -17,7 +17,7 @@ from modeling_gcl import ALL_LOSS_PAIRS
 from .atomic import STAGING_PREFIX, publish_directory, remove_stale_staging
 from .collator import SKIPPED_SAMPLES_KEY, GCLCollator
 from .data import RowIndexedDataset
-from .losses import LOSSES, CachedLoss, build_loss
+from .losses import DEFAULT_SIGMOID_BIAS_INIT, LOSSES, CachedLoss, build_loss
 from .lora import apply_lora, freeze_towers, save_extra_trainables
 from .samplers import UniqueGroupBatchSampler
 
@@ -53,6 +53,16 @@ class GCLTrainingArguments(TrainingArguments):
     )
     exclude_other_positive: bool = field(
         default=False, metadata={"help": "Drop each anchor's other positive from the GCL denominator (Eq. 2 keeps it)."}
+    )
+    loss_modalities: list[str] = field(
+        default_factory=lambda: ["i", "t", "it"],
+        metadata={"help": "Modalities the GCL softmax spans (ablation: --loss_modalities i t --loss_pairs i2t t2i is "
+                          "CL plus intra-modality separation)."},
+    )
+    sigmoid_bias_init: float = field(
+        default=DEFAULT_SIGMOID_BIAS_INIT,
+        metadata={"help": "--loss gcl_sigmoid: initial value of the learnable logit bias (SigLIP: -10), used when the "
+                          "model has none yet."},
     )
     skip_bad_samples: bool = field(
         default=False, metadata={"help": "Skip and count unreadable images / bad captions instead of stopping."}
@@ -116,6 +126,9 @@ class GCLTrainer(Trainer):
         if getattr(args, "use_lora", False) and getattr(args, "freeze_towers", None):
             raise ValueError("freeze_towers applies to full fine-tuning; with use_lora, name the towers that get no "
                              "adapters in lora_frozen_towers.")
+        sigmoid = getattr(args, "loss", "gcl") == "gcl_sigmoid"
+        if sigmoid and model is not None and not hasattr(model, "peft_config") and hasattr(model, "add_logit_bias"):
+            model.add_logit_bias(getattr(args, "sigmoid_bias_init", DEFAULT_SIGMOID_BIAS_INIT))  # no-op if it has one
         if getattr(args, "use_lora", False) and not hasattr(model, "peft_config"):
             model = apply_lora(
                 model,
@@ -128,6 +141,9 @@ class GCLTrainer(Trainer):
             )
         elif getattr(args, "freeze_towers", None) and model is not None:
             freeze_towers(model, args.freeze_towers)
+        bias = getattr(model.get_base_model() if hasattr(model, "get_base_model") else model, "logit_bias", None)
+        if sigmoid and bias is not None:
+            bias.requires_grad_(True)  # the sigmoid loss learns its bias, under LoRA too (peft freezes bare parameters)
         if data_collator is None and kwargs.get("processing_class") is not None:
             data_collator = GCLCollator(kwargs["processing_class"], skip_bad_samples=getattr(args, "skip_bad_samples", False))
         if train_dataset is not None and not isinstance(train_dataset, (IterableDataset, RowIndexedDataset)):
@@ -141,6 +157,7 @@ class GCLTrainer(Trainer):
             weights=getattr(args, "loss_weights", None),
             exclude_other_positive=getattr(args, "exclude_other_positive", False),
             gather_across_devices=getattr(args, "gather_across_devices", True),
+            modalities=getattr(args, "loss_modalities", None),
         )
         mini_batch_size = getattr(args, "mini_batch_size", None)
         self.cached_loss = CachedLoss(self.loss_fn, mini_batch_size) if mini_batch_size else None
@@ -191,8 +208,9 @@ class GCLTrainer(Trainer):
                 input_ids=inputs["input_ids"],
                 attention_mask=inputs.get("attention_mask"),
             )
+            extra = {"logit_bias": outputs.logit_bias} if getattr(self.loss_fn, "uses_logit_bias", False) else {}
             loss, terms = self.loss_fn(
-                outputs.image_embeds, outputs.text_embeds, outputs.fused_embeds, 1.0 / outputs.logit_scale
+                outputs.image_embeds, outputs.text_embeds, outputs.fused_embeds, 1.0 / outputs.logit_scale, **extra
             )
         temperature = 1.0 / outputs.logit_scale
         if not torch.isfinite(loss):
@@ -205,6 +223,8 @@ class GCLTrainer(Trainer):
             for key, value in terms.items():
                 self._term_sums[key] = self._term_sums.get(key, 0.0) + value
             self._term_sums["temperature"] = self._term_sums.get("temperature", 0.0) + temperature.detach()
+            if getattr(outputs, "logit_bias", None) is not None:
+                self._term_sums["logit_bias"] = self._term_sums.get("logit_bias", 0.0) + outputs.logit_bias.detach()
             self._term_steps += 1
         outputs.loss, outputs.loss_terms = loss, terms
         return (loss, outputs) if return_outputs else loss

@@ -6,20 +6,30 @@ from .cached import CachedLoss
 from .clip import CLIPLoss, clip_loss
 from .distributed import all_gather_with_grad, distributed_world
 from .gcl import GCLLoss, gcl_loss, gcl_loss_from_candidates
+from .gcl_sigmoid import DEFAULT_SIGMOID_BIAS_INIT, GCLSigmoidLoss, gcl_sigmoid_loss, gcl_sigmoid_loss_from_candidates
 
-LOSSES = {"gcl": GCLLoss, "clip": CLIPLoss}
+LOSSES = {"gcl": GCLLoss, "clip": CLIPLoss, "gcl_sigmoid": GCLSigmoidLoss}
 
 
 def build_loss(
-    name: str, pairs=None, weights=None, exclude_other_positive: bool = False, gather_across_devices: bool = True
+    name: str, pairs=None, weights=None, exclude_other_positive: bool = False, gather_across_devices: bool = True,
+    modalities=None,
 ):
-    """The loss module called `name` (`"gcl"` or `"clip"`); `pairs`, `weights` and `exclude_other_positive`
-    configure GCL only. `gather_across_devices` uses every process's batch as candidates under torch.distributed."""
+    """The loss module called `name` (`"gcl"`, `"clip"` or `"gcl_sigmoid"`). `pairs` configures both GCL losses;
+    `weights`, `exclude_other_positive` and `modalities` the softmax GCL only. `gather_across_devices` uses every
+    process's batch as candidates under torch.distributed."""
     if name == "gcl":
         return GCLLoss(pairs=pairs, weights=weights, exclude_other_positive=exclude_other_positive,
-                       gather_across_devices=gather_across_devices)
+                       gather_across_devices=gather_across_devices, modalities=modalities)
     if name == "clip":
         return CLIPLoss(gather_across_devices=gather_across_devices)
+    if name == "gcl_sigmoid":
+        unsupported = {"loss_weights": weights, "exclude_other_positive": exclude_other_positive or None,
+                       "loss_modalities": None if modalities in (None, ["i", "t", "it"], ("i", "t", "it")) else modalities}
+        given = [key for key, value in unsupported.items() if value is not None]
+        if given:
+            raise ValueError(f"The gcl_sigmoid loss has no {', '.join(given)} option (each cell is scored on its own).")
+        return GCLSigmoidLoss(pairs=pairs, gather_across_devices=gather_across_devices)
     raise ValueError(f"Unknown loss {name!r}; choose one of {', '.join(LOSSES)}.")
 
 
@@ -32,6 +42,10 @@ __all__ = [
     "GCLLoss",
     "gcl_loss",
     "gcl_loss_from_candidates",
+    "DEFAULT_SIGMOID_BIAS_INIT",
+    "GCLSigmoidLoss",
+    "gcl_sigmoid_loss",
+    "gcl_sigmoid_loss_from_candidates",
     "all_gather_with_grad",
     "distributed_world",
 ]

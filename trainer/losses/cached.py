@@ -81,12 +81,18 @@ class CachedLoss(nn.Module):
             for key in ("image_embeds", "text_embeds", "fused_embeds")
         ]
         logit_scale = outputs_per_chunk[0].logit_scale.detach().requires_grad_()
+        logit_bias = None  # the sigmoid loss's bias, cached like the scale
+        extra = {}
+        if getattr(self.loss, "uses_logit_bias", False) and getattr(outputs_per_chunk[0], "logit_bias", None) is not None:
+            logit_bias = outputs_per_chunk[0].logit_bias.detach().requires_grad_()
+            extra["logit_bias"] = logit_bias
 
         with torch.enable_grad():
-            loss, terms = self.loss(*columns, 1.0 / logit_scale)
-            loss.backward()  # d loss / d embeddings and d loss / d logit scale, cached below
+            loss, terms = self.loss(*columns, 1.0 / logit_scale, **extra)
+            loss.backward()  # d loss / d embeddings and d loss / d logit scale (and bias), cached below
         embedding_grads = [column.grad for column in columns]
         scale_grad = logit_scale.grad
+        bias_grad = None if logit_bias is None else logit_bias.grad
 
         def backward_through_model(grad_output: torch.Tensor) -> None:
             start = 0
@@ -103,6 +109,8 @@ class CachedLoss(nn.Module):
                     )
                     if last and scale_grad is not None and out.logit_scale.requires_grad:
                         surrogate = surrogate + out.logit_scale * scale_grad
+                    if last and bias_grad is not None and out.logit_bias.requires_grad:
+                        surrogate = surrogate + out.logit_bias * bias_grad
                     (surrogate * grad_output).backward()
                 start = end
 
@@ -111,5 +119,6 @@ class CachedLoss(nn.Module):
         outputs = outputs_per_chunk[0].__class__(
             image_embeds=columns[0].detach(), text_embeds=columns[1].detach(), fused_embeds=columns[2].detach(),
             logit_scale=logit_scale.detach(),
+            logit_bias=None if logit_bias is None else logit_bias.detach(),
         )
         return result, terms, outputs

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from modeling_gcl.configuration_gcl import ALL_LOSS_PAIRS, MODALITIES, split_pair
+from modeling_gcl.configuration_gcl import ALL_LOSS_PAIRS, MODALITIES, check_loss_modalities, split_pair
 
 from .distributed import all_gather_with_grad, distributed_world
 
@@ -64,6 +64,7 @@ def gcl_loss(
     weights: Sequence[float] | None = None,
     exclude_other_positive: bool = False,
     gather_across_devices: bool = False,
+    modalities: Sequence[str] | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     r"""
     The GCL loss of one batch of pairs.
@@ -84,6 +85,9 @@ def gcl_loss(
         gather_across_devices (`bool`, *optional*, defaults to `False`):
             Under `torch.distributed`, score the local anchors against the candidates of all W processes
             (3·W·N − 1 negatives and positives per anchor; memory `3N × 3WN`, linear in W). A no-op in one process.
+        modalities (`Sequence[str]`, *optional*):
+            The modalities the softmax spans (all of `i, t, it` by default). `("i", "t")` with pairs `i2t, t2i` is
+            the 2N × 2N image–text matrix with the anchor masked: CL plus intra-modality separation (an ablation).
 
     Returns:
         `(loss, terms)`: the scalar loss (float32, or float64 for float64 inputs) and `{"loss_i2t": ..., ...}`, each
@@ -104,7 +108,7 @@ def gcl_loss(
         candidates, offset = anchors, 0
     return gcl_loss_from_candidates(
         anchors, candidates, offset, temperature, pairs=pairs, weights=weights,
-        exclude_other_positive=exclude_other_positive,
+        exclude_other_positive=exclude_other_positive, modalities=modalities,
     )
 
 
@@ -116,6 +120,7 @@ def gcl_loss_from_candidates(
     pairs: Sequence[str] | None = None,
     weights: Sequence[float] | None = None,
     exclude_other_positive: bool = False,
+    modalities: Sequence[str] | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     r"""
     GCL of local anchors against a (possibly larger) candidate set that contains them.
@@ -126,15 +131,20 @@ def gcl_loss_from_candidates(
         offset (`int`): where this process's rows start in the candidates (`rank · B`).
 
     The logits are `[E_i; E_t; E_it] · [C_i; C_t; C_it]ᵀ / τ` (3B × 3M). Row `(a, j)` masks its own column
-    `a·M + offset + j`; its positive for pair `a2b` is column `b·M + offset + j`.
+    `a·M + offset + j`; its positive for pair `a2b` is column `b·M + offset + j`. With `modalities`, only those
+    blocks are stacked (`a`, `b` then index the kept modalities).
     """
     pairs, weights = _resolve_pairs(pairs, weights)
+    modalities = check_loss_modalities(MODALITIES if modalities is None else modalities, pairs)
+    kept = [MODALITIES.index(m) for m in modalities]
+    anchors, candidates = [anchors[m] for m in kept], [candidates[m] for m in kept]
+    num_blocks = len(kept)
     num_anchors, num_candidates = anchors[0].shape[0], candidates[0].shape[0]
     device = anchors[0].device
     # Logits and softmax in float32 even under bf16/fp16 autocast: τ = 0.01–0.05 overflows half precision.
     with torch.autocast(device_type=device.type, enabled=False):
-        anchor_matrix = _at_least_float32(torch.cat(list(anchors)))  # (3B, dim)
-        candidate_matrix = _at_least_float32(torch.cat(list(candidates)))  # (3M, dim)
+        anchor_matrix = _at_least_float32(torch.cat(anchors))  # (3B, dim), or (2B, dim) for two modalities
+        candidate_matrix = _at_least_float32(torch.cat(candidates))  # (3M, dim)
         logits = anchor_matrix @ candidate_matrix.T / _temperature_as_tensor(temperature, anchor_matrix)
 
         sample = torch.arange(num_anchors, device=device)
@@ -144,19 +154,19 @@ def gcl_loss_from_candidates(
 
         # Mask each anchor's own column in place: `logits` is a fresh tensor no backward needs (a full boolean mask
         # and masked_fill would cost two more 3B × 3M passes).
-        anchor_rows = torch.arange(3 * num_anchors, device=device)
-        logits[anchor_rows, torch.cat([columns(m) for m in range(3)])] = float("-inf")
+        anchor_rows = torch.arange(num_blocks * num_anchors, device=device)
+        logits[anchor_rows, torch.cat([columns(m) for m in range(num_blocks)])] = float("-inf")
         log_probs = None if exclude_other_positive else logits.log_softmax(dim=1)
 
         terms = {}
         for name in pairs:
             anchor, positive = split_pair(name)
-            a, b = MODALITIES.index(anchor), MODALITIES.index(positive)
+            a, b = modalities.index(anchor), modalities.index(positive)
             rows = a * num_anchors + sample
             if exclude_other_positive:
-                other = 3 - a - b  # the remaining modality index
                 row_logits = logits[rows].clone()
-                row_logits[sample, columns(other)] = float("-inf")
+                for other in set(range(num_blocks)) - {a, b}:  # the third modality, when the softmax spans it
+                    row_logits[sample, columns(other)] = float("-inf")
                 term = -(row_logits[sample, columns(b)] - row_logits.logsumexp(dim=1)).mean()
             else:
                 term = -log_probs[rows, columns(b)].mean()
@@ -177,9 +187,11 @@ class GCLLoss(nn.Module):
         weights: Sequence[float] | None = None,
         exclude_other_positive: bool = False,
         gather_across_devices: bool = True,
+        modalities: Sequence[str] | None = None,
     ):
         super().__init__()
         self.pairs, self.weights = _resolve_pairs(pairs, weights)
+        self.modalities = check_loss_modalities(MODALITIES if modalities is None else modalities, self.pairs)
         self.exclude_other_positive = exclude_other_positive
         self.gather_across_devices = gather_across_devices
 
@@ -193,10 +205,12 @@ class GCLLoss(nn.Module):
             weights=self.weights,
             exclude_other_positive=self.exclude_other_positive,
             gather_across_devices=self.gather_across_devices,
+            modalities=self.modalities,
         )
 
     def extra_repr(self) -> str:
         return (
-            f"pairs={self.pairs}, weights={self.weights}, exclude_other_positive={self.exclude_other_positive}, "
+            f"pairs={self.pairs}, weights={self.weights}, modalities={self.modalities}, "
+            f"exclude_other_positive={self.exclude_other_positive}, "
             f"gather_across_devices={self.gather_across_devices}"
         )
