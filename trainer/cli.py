@@ -28,6 +28,9 @@ from .trainer import GCLTrainer, GCLTrainingArguments, check_finite_parameters
 
 logger = logging.getLogger("gcl-train")
 
+# The key of a recipe file (trainer/recipes/*.yaml) that describes it for `gcl-reproduce`; gcl-train skips it.
+RECIPE_METADATA_KEY = "recipe"
+
 # Applied when training the bundled tiny CLIP from random initialisation, for every one of these arguments the user
 # did not set: a randomly initialised model needs a larger learning rate and more steps than fine-tuning does.
 FROM_SCRATCH_DEFAULTS = {
@@ -75,6 +78,17 @@ class DataArguments:
         },
     )
     dataset_config_name: str | None = field(default=None, metadata={"help": "Hub dataset configuration."})
+    data_format: str = field(
+        default="auto",
+        metadata={"help": "How to read --train_data: auto (by its shape), pairs (imagefolder / JSONL / Hub pairs), or "
+                          "lcs558k (LLaVA-Pretrain's blip_laion_cc_sbu_558k.json: image + conversations).",
+                  "choices": ["auto", "pairs", "lcs558k"]},
+    )
+    image_root: str | None = field(
+        default=None,
+        metadata={"help": "Folder that relative image paths are read from (default: the data file's folder; for "
+                          "LCS-558K from the Hub, the extracted images.zip)."},
+    )
     dataset_split: str = field(default="train", metadata={"help": "Split to train on."})
     image_column: str = field(default="image", metadata={"help": "Column holding images (PIL, path or bytes)."})
     caption_column: str = field(default="caption", metadata={"help": "Column holding captions."})
@@ -129,6 +143,7 @@ def parse_arguments(argv: list[str] | None = None):
             file_config = yaml.safe_load(handle) if not path.endswith(".json") else json.load(handle)
         if not isinstance(file_config, dict):
             raise SystemExit(f"gcl-train: {path} must hold a mapping of argument names to values.")
+        file_config.pop(RECIPE_METADATA_KEY, None)  # a recipe's description (gcl-reproduce reads it), not arguments
         known = {f.name for cls in (ModelArguments, DataArguments, GCLTrainingArguments) for f in fields(cls)}
         unknown = sorted(set(file_config) - known)
         if unknown:
@@ -185,7 +200,8 @@ def run(argv: list[str] | None = None) -> dict:
     dataset = load_image_caption_dataset(
         data_args.train_data, data_args.image_column, data_args.caption_column,
         split=data_args.dataset_split, dataset_config_name=data_args.dataset_config_name,
-        streaming=data_args.streaming,
+        streaming=data_args.streaming, data_format=data_args.data_format, image_root=data_args.image_root,
+        skip_bad_rows=training_args.skip_bad_samples,
     )
     if data_args.streaming and training_args.max_steps <= 0:
         raise SystemExit("gcl-train: --streaming needs --max_steps (a stream has no length).")
@@ -206,6 +222,14 @@ def run(argv: list[str] | None = None) -> dict:
     model.config.loss_pairs = list(training_args.loss_pairs)
     model.config.loss_weights = training_args.loss_weights
     model.config.exclude_other_positive = training_args.exclude_other_positive
+    model.config.loss_modalities = list(training_args.loss_modalities)
+    if training_args.loss == "gcl_sigmoid":
+        model.add_logit_bias(training_args.sigmoid_bias_init)  # kept as it is when the checkpoint has one
+        if not model.config.learnable_temperature and not explicit & {"learnable_temperature", "temperature"}:
+            # SigLIP learns τ with b; a fixed τ (VISTA's 0.02) stays fixed only when asked for on the command line.
+            model.set_learnable_temperature(True)
+            print("gcl-train: --loss gcl_sigmoid learns the temperature with the bias (the model's fixed temperature "
+                  "is its starting value; pass --learnable_temperature false to keep it fixed).", flush=True)
 
     results = {"fusion": model.config.fusion, "loss": training_args.loss}
     if holdout is not None:

@@ -1,6 +1,6 @@
 # Copyright 2026 The GCL-HF authors. Apache-2.0.
-"""Image–caption training data as `datasets.Dataset`: from the Hub, a local `imagefolder`, a JSONL file, or the
-sample bundled with the package."""
+"""Image–caption training data as `datasets.Dataset`: from the Hub, a local `imagefolder`, a JSONL file, LCS-558K
+(LLaVA-Pretrain's JSON, see `lcs558k.py`), or the sample bundled with the package."""
 
 import os
 from pathlib import Path
@@ -16,6 +16,7 @@ BUNDLED_TINY_CLIP_DIR = RESOURCES / "tiny_clip"
 
 # The collator names bad rows by this index, which `RowIndexedDataset` adds to every example.
 ROW_INDEX_KEY = "gcl_row_index"
+DATA_FORMATS = ("auto", "pairs", "lcs558k")
 
 
 class DataError(ValueError):
@@ -39,13 +40,14 @@ def _check_imagefolder_metadata(folder: Path) -> None:
             raise DataError(f"{metadata}:{line_number}: needs a non-empty string `file_name`, got {row.get('file_name')!r}.")
 
 
-def _load_jsonl_pairs(path: Path, image_column: str) -> datasets.Dataset:
+def _load_jsonl_pairs(path: Path, image_column: str, image_root: str | None = None) -> datasets.Dataset:
     """A JSONL file of `{image_column: path, caption_column: text, ...}` rows; relative image paths are taken
-    relative to the file's folder."""
+    relative to `image_root`, default the file's folder."""
     rows = []
+    folder = str(image_root) if image_root is not None else str(path.parent)
     for line_number, row in read_jsonl_objects(path):
         if image_column in row:  # a missing column is reported below, for the whole file
-            row[image_column] = _resolve_path(row[image_column], str(path.parent))
+            row[image_column] = _resolve_path(row[image_column], folder)
         rows.append(row)
     if not rows:
         raise DataError(f"{path}: no rows.")
@@ -55,6 +57,28 @@ def _load_jsonl_pairs(path: Path, image_column: str) -> datasets.Dataset:
         raise DataError(f"{path}: rows do not share one schema ({error}).") from error
 
 
+def _is_lcs558k(train_data, path: Path, data_format: str) -> bool:
+    """Whether `load_image_caption_dataset` reads `train_data` as LCS-558K. "auto" sniffs a local `.json` file's first
+    element (never the whole file), looks for the JSON file in a folder that is no imagefolder, and knows LCS-558K's
+    Hub id."""
+    if data_format != "auto":
+        return data_format == "lcs558k"
+    from .lcs558k import LCS558K_FILENAME, LCS558K_REPO_ID, sniff_lcs558k
+
+    if path.is_file() and path.suffix == ".json":
+        reason = sniff_lcs558k(path)
+        if reason is not None:  # the only JSON-list format read here; pairs go in JSONL
+            raise DataError(
+                f"{path}: a .json file is read as LCS-558K (a JSON list of objects with `image` and `conversations`), "
+                f"but {reason}. Write image–caption pairs as JSONL (a .jsonl file, one object per line)."
+            )
+        return True
+    if path.is_dir():
+        has_metadata = any((path / name).exists() for name in ("metadata.jsonl", "metadata.csv", "metadata.parquet"))
+        return not has_metadata and (path / LCS558K_FILENAME).is_file()
+    return not path.exists() and str(train_data).lower() == LCS558K_REPO_ID.lower()
+
+
 def load_image_caption_dataset(
     train_data: str | os.PathLike | None = None,
     image_column: str = "image",
@@ -62,6 +86,9 @@ def load_image_caption_dataset(
     split: str = "train",
     dataset_config_name: str | None = None,
     streaming: bool = False,
+    data_format: str = "auto",
+    image_root: str | os.PathLike | None = None,
+    skip_bad_rows: bool = False,
 ) -> datasets.Dataset:
     r"""
     Load image–caption pairs.
@@ -71,31 +98,60 @@ def load_image_caption_dataset(
             - `None`: the bundled 320-pair openclipart sample;
             - a directory in `imagefolder` layout (`metadata.jsonl` with `file_name` and `caption`);
             - a `.jsonl` file of rows with an image path (relative to the file) and a caption;
+            - LCS-558K: LLaVA-Pretrain's `blip_laion_cc_sbu_558k.json` (a `.json` file, a folder holding it, or the
+              Hub repository `liuhaotian/LLaVA-Pretrain`), see `trainer.lcs558k`;
             - otherwise a Hub dataset name for `datasets.load_dataset`.
         image_column, caption_column (`str`): column names. An `imagefolder`'s `file_name` becomes `image`.
         split (`str`): the split to read.
         dataset_config_name (`str`, *optional*): the Hub dataset's configuration.
         streaming (`bool`, defaults to `False`): return a `datasets.IterableDataset` that reads rows (and images)
             lazily, for data that does not fit in memory or on disk; train it with `max_steps`.
+        data_format (`str`, defaults to `"auto"`): `"pairs"` (imagefolder, JSONL or a Hub dataset of pairs),
+            `"lcs558k"` (any file, folder or Hub dataset repository in LCS-558K's format), or `"auto"`: LCS-558K for
+            a `.json` file whose first element has `conversations`, a folder holding `blip_laion_cc_sbu_558k.json`
+            and no imagefolder metadata, or the Hub id `liuhaotian/LLaVA-Pretrain`; pairs otherwise.
+        image_root (`str`, *optional*): the folder relative image paths are resolved against, for LCS-558K (default
+            the JSON file's folder; required from the Hub: the extracted `images.zip`) and JSONL pairs (default the
+            file's folder).
+        skip_bad_rows (`bool`, defaults to `False`): LCS-558K only: skip rows without an image path or caption (they
+            are counted and reported in a warning) instead of raising `DataError`.
 
     Returns:
         A `datasets.Dataset` whose image column is left undecoded (`{"bytes", "path"}` or a path string), so the
         collator decodes images lazily and can name the file of a bad one.
     """
+    if data_format not in DATA_FORMATS:
+        raise ValueError(f"data_format={data_format!r}; expected one of {list(DATA_FORMATS)}.")
     if train_data is None:
         train_data = BUNDLED_SAMPLE_DIR
     path = Path(train_data)
-    if path.is_dir():
+    if _is_lcs558k(train_data, path, data_format):
+        from .lcs558k import load_lcs558k
+
+        if split != "train" or dataset_config_name is not None:
+            raise DataError(f"{train_data}: LCS-558K is one file (split 'train', no configuration); got "
+                            f"split={split!r}, dataset_config_name={dataset_config_name!r}.")
+        dataset = load_lcs558k(train_data, image_root, image_column=image_column, caption_column=caption_column,
+                               streaming=streaming, skip_bad_rows=skip_bad_rows)
+    elif image_root is not None and not path.suffix == ".jsonl":
+        raise DataError(
+            f"{train_data}: image_root applies to LCS-558K and JSONL pairs only (an imagefolder's file_name is "
+            "relative to its folder; a Hub dataset of pairs holds its images)."
+        )
+    elif path.is_dir():
         if not any((path / name).exists() for name in ("metadata.jsonl", "metadata.csv", "metadata.parquet")):
             raise DataError(f"{path}: an imagefolder needs a metadata.jsonl (or .csv) with file_name and caption.")
         _check_imagefolder_metadata(path)
         dataset = datasets.load_dataset("imagefolder", data_dir=str(path), split=split, streaming=streaming)
     elif path.suffix == ".jsonl" and path.is_file() and streaming:
         dataset = datasets.load_dataset("json", data_files=str(path), split="train", streaming=True)
-        folder = str(path.parent)
+        folder = str(image_root) if image_root is not None else str(path.parent)
         dataset = dataset.map(lambda row: {image_column: _resolve_path(row.get(image_column), folder)})
     elif path.suffix == ".jsonl" and path.is_file():
-        dataset = _load_jsonl_pairs(path, image_column)
+        dataset = _load_jsonl_pairs(path, image_column, image_root)
+    elif path.suffix == ".json" and path.is_file():  # data_format="pairs"
+        raise DataError(f"{path}: image–caption pairs are read from JSONL (a .jsonl file, one object per line); "
+                        "a .json list is read as LCS-558K (data_format lcs558k or auto).")
     elif path.suffix in (".jsonl", ".json", ".csv") or str(train_data).startswith((".", "/", "~")):
         # Written as a local path (a Hub id is `name` or `org/name`) but not found.
         raise DataError(f"{train_data}: no such file or directory.")
@@ -113,7 +169,7 @@ def load_image_caption_dataset(
         dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
     # Rows carry their position in the data as loaded, so an error names the row of the user's file even after the
     # hold-out split has shuffled them (a new column, no rewrite of the image data).
-    if streaming:
+    if streaming and ROW_INDEX_KEY not in columns:  # LCS-558K rows carry their position in the JSON list already
         dataset = dataset.map(lambda _, index: {ROW_INDEX_KEY: index}, with_indices=True)
     elif ROW_INDEX_KEY not in dataset.column_names:
         dataset = dataset.add_column(ROW_INDEX_KEY, list(range(len(dataset))))
