@@ -434,3 +434,11 @@ def test_images_between_pillows_limit_and_twice_it_are_refused_by_default(tmp_pa
     monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 1_000_000)  # Pillow alone would only warn at 1.5 M
     with pytest.raises(BadSampleError, match=r"1,500,000 pixels, over the cap of 1,000,000"):
         load_rgb_image(str(tmp_path / "big.png"), row=1)
+
+
+def test_staged_directories_are_published_with_the_usual_permissions(tmp_path):
+    umask = os.umask(0)
+    os.umask(umask)
+    with staged_directory(tmp_path / "export") as staging:
+        (staging / "config.json").write_text("{}")
+    assert (tmp_path / "export").stat().st_mode & 0o777 == 0o777 & ~umask  # not mkdtemp's owner-only 0o700

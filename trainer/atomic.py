@@ -41,6 +41,12 @@ def _fsync_tree(root: str | os.PathLike) -> None:
         _fsync_path(folder)
 
 
+def _current_umask() -> int:
+    umask = os.umask(0)  # reading the umask means setting it; put it straight back
+    os.umask(umask)
+    return umask
+
+
 def atomic_write(path: str | os.PathLike, write) -> Path:
     """Call `write(temporary_path)` on a temporary file beside `path`, then move it into place with `os.replace`:
     readers see the old file or the whole new one, never a half-written one. The file gets the usual permissions
@@ -50,9 +56,7 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
     descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(descriptor)
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)
+        os.chmod(temporary, 0o666 & ~_current_umask())
         write(temporary)
         _fsync_path(temporary)
         os.replace(temporary, path)
@@ -86,6 +90,7 @@ def staged_directory(final_dir: str | os.PathLike):
     final_dir = Path(final_dir)
     final_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{final_dir.name}-", dir=final_dir.parent))
+    os.chmod(staging, 0o777 & ~_current_umask())  # `mkdtemp` makes it private to its owner; publish a usual folder
     try:
         yield staging
         publish_directory(staging, final_dir)
