@@ -234,8 +234,11 @@ def run(argv: list[str] | None = None) -> dict:
         backbones.setdefault(recipe.backbone, []).append(recipe)
 
     rows = []
+    stand_in = overrides.get("model_name_or_path")
     for backbone, group in backbones.items():
         backbone_dir = output_dir / _slug(backbone)
+        # The table must not pass a stand-in model off as the recipe's backbone.
+        label = backbone if stand_in is None else f"{backbone} recipe on {Path(str(stand_in)).name}"
         if not args.skip_pretrained:
             models = {overrides.get("model_name_or_path", r.arguments.get("model_name_or_path")) for r in group}
             if len(models) != 1:
@@ -247,7 +250,7 @@ def run(argv: list[str] | None = None) -> dict:
             eval_dir = backbone_dir / "pretrained" / "eval"
             metrics = _load_or_run(eval_dir / EVALUATED_MARKER, args.force, lambda: _evaluate(model, eval_dir, args))
             paper = next((r.paper_pretrained for r in group if r.paper_pretrained), {})
-            rows.append({"backbone": backbone, "variant": "pretrained", "model": str(model), "paper": paper,
+            rows.append({"backbone": label, "variant": "pretrained", "model": str(model), "paper": paper,
                          "columns": table_columns(args.suite, metrics)})
         for recipe in group:
             model_dir = backbone_dir / recipe.name / "model"
@@ -258,7 +261,7 @@ def run(argv: list[str] | None = None) -> dict:
             eval_dir = backbone_dir / recipe.name / "eval"
             metrics = _load_or_run(eval_dir / EVALUATED_MARKER, args.force,
                                    lambda: _evaluate(str(model_dir), eval_dir, args))
-            rows.append({"backbone": backbone, "variant": recipe.variant, "recipe": str(recipe.path),
+            rows.append({"backbone": label, "variant": recipe.variant, "recipe": str(recipe.path),
                          "model": str(model_dir), "paper": recipe.paper,
                          "columns": table_columns(args.suite, metrics)})
 
