@@ -21,29 +21,27 @@ LCS_558K_PAIRS = 558_128
 CAPTION_TOKENS = 32  # LCS-558K's BLIP captions are short; tokens incl. [CLS]/[SEP] or BOS/EOS
 
 
+def score_fusion_clip(text: tuple[int, int, int], vision: tuple[int, int, int], patch_size: int,
+                      projection_dim: int) -> GCLModel:
+    """A CLIP with towers of (width, layers, heads), MLPs 4x wide, 224-px images."""
+    def tower(width, layers, heads):
+        return dict(hidden_size=width, intermediate_size=4 * width, num_hidden_layers=layers, num_attention_heads=heads,
+                    projection_dim=projection_dim)
+
+    vision_config = dict(tower(*vision), patch_size=patch_size, image_size=224)
+    config = CLIPConfig(text_config=tower(*text), vision_config=vision_config, projection_dim=projection_dim)
+    return GCLModel.from_backbone(CLIPModel(config))
+
+
 def clip_l14() -> GCLModel:
     """OpenAI CLIP ViT-L/14 (224 px): the sizes of openai/clip-vit-large-patch14's config.json."""
-    config = CLIPConfig(
-        text_config=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                         projection_dim=768),
-        vision_config=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
-                           patch_size=14, image_size=224, projection_dim=768),
-        projection_dim=768,
-    )
-    return GCLModel.from_backbone(CLIPModel(config))
+    return score_fusion_clip(text=(768, 12, 12), vision=(1024, 24, 16), patch_size=14, projection_dim=768)
 
 
 def tinyclip_8m16() -> GCLModel:
     """TinyCLIP ViT-8M/16 + Text-3M: width 256 towers (10 vision layers, 3 text layers), 16-px patches, as we read
     the release's configuration; compare with the downloaded config.json before trusting the number."""
-    config = CLIPConfig(
-        text_config=dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=3, num_attention_heads=4,
-                         projection_dim=512),
-        vision_config=dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=10, num_attention_heads=4,
-                           patch_size=16, image_size=224, projection_dim=512),
-        projection_dim=512,
-    )
-    return GCLModel.from_backbone(CLIPModel(config))
+    return score_fusion_clip(text=(256, 3, 4), vision=(256, 10, 4), patch_size=16, projection_dim=512)
 
 
 def vista_base() -> GCLModel:

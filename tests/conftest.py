@@ -6,7 +6,7 @@ import torch
 from transformers import CLIPConfig, CLIPModel
 
 import modeling_gcl  # noqa: F401  (Auto registration)
-from modeling_gcl import GCLModel, GCLProcessor
+from modeling_gcl import GCLConfig, GCLModel, GCLProcessor
 from trainer.data import BUNDLED_SAMPLE_DIR, BUNDLED_TINY_CLIP_DIR, load_image_caption_dataset
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -66,3 +66,16 @@ def sample_batch(processor, sample_dataset):
 
     rows = [sample_dataset[i] for i in range(6)]
     return GCLCollator(processor)(rows)
+
+
+def tiny_vista_gcl() -> GCLModel:
+    """A tiny VISTA (one BERT layer, one EVA02 block, 32 px) shared by the Hub and ONNX tests; CLIP's tokenizer stands in for BERT's with
+    its [CLS]/[SEP] ids."""
+    torch.manual_seed(11)
+    text = dict(model_type="bert", vocab_size=49408, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                intermediate_size=64, max_position_embeddings=128)
+    vision = dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                  intermediate_size=64, rope_pretrain_grid=4)
+    config = GCLConfig(backbone_type="vista", vista_config=dict(text_config=text, vision_config=vision,
+                                                                 cls_token_id=49406, sep_token_id=49407))
+    return GCLModel(config).eval()

@@ -39,7 +39,7 @@ from modeling_gcl import GCLConfig, GCLFeatureExtractionPipeline, GCLModel, GCLP
 from trainer import GCLTrainingArguments, apply_lora, load_lora_model, merge_lora, save_lora_adapter
 from trainer.cli import run as gcl_train
 
-from .conftest import make_small_clip
+from .conftest import make_small_clip, tiny_vista_gcl
 
 REPO_ID = "test-org/gcl-small"
 TEXTS = ["a red bicycle", "a cat on a sofa", "two apples"]
@@ -189,14 +189,7 @@ ISOLATED_SCRIPT = textwrap.dedent(
 def make_tiny_vista_run(path: Path, processor) -> GCLModel:
     """A VISTA-backbone run directory (BERT-style text encoder + EVA02-CLIP tower, both tiny and random). The bundled
     CLIP tokenizer stands in for BERT's, with its [CLS]/[SEP] ids: only loading is tested here, not quality."""
-    torch.manual_seed(11)
-    text = dict(model_type="bert", vocab_size=49408, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                intermediate_size=64, max_position_embeddings=128)
-    vision = dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                  intermediate_size=64, rope_pretrain_grid=4)
-    config = GCLConfig(backbone_type="vista", vista_config=dict(text_config=text, vision_config=vision,
-                                                                 cls_token_id=49406, sep_token_id=49407))
-    model = GCLModel(config).eval()
+    model = tiny_vista_gcl()
     model.save_pretrained(path)
     processor.save_pretrained(path)
     return model

@@ -21,7 +21,7 @@ from transformers import CLIPConfig, CLIPModel
 
 import modeling_gcl  # noqa: F401  (Auto registration)
 import trainer.export_onnx as export_onnx_module
-from modeling_gcl import GCLConfig, GCLModel, GCLProcessor, GCLScoreFusion, l2_normalize
+from modeling_gcl import GCLModel, GCLProcessor, GCLScoreFusion, l2_normalize
 from trainer.atomic import STAGING_PREFIX
 from trainer.data import BUNDLED_SAMPLE_DIR, BUNDLED_TINY_CLIP_DIR
 from trainer.export_onnx import (
@@ -36,6 +36,8 @@ from trainer.export_onnx import (
     main,
     verify_export,
 )
+
+from .conftest import tiny_vista_gcl
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ATOL = 1e-4
@@ -98,17 +100,6 @@ def tiny_clip_gcl(fusion: str, seed: int) -> GCLModel:
     return GCLModel.from_backbone(CLIPModel._from_config(config), fusion=fusion)
 
 
-def tiny_vista_gcl() -> GCLModel:
-    """A tiny VISTA (one BERT layer, one EVA02 block, 32 px) as in test_hub; CLIP's tokenizer stands in for BERT's with
-    its [CLS]/[SEP] ids."""
-    torch.manual_seed(11)
-    text = dict(model_type="bert", vocab_size=49408, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                intermediate_size=64, max_position_embeddings=128)
-    vision = dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                  intermediate_size=64, rope_pretrain_grid=4)
-    config = GCLConfig(backbone_type="vista", vista_config=dict(text_config=text, vision_config=vision,
-                                                                 cls_token_id=49406, sep_token_id=49407))
-    return GCLModel(config).eval()
 
 
 @pytest.fixture(scope="module")

@@ -79,7 +79,7 @@ def load_recipe(path: str | Path) -> Recipe:
     missing = [key for key in ("backbone", "variant") if not isinstance(meta.get(key), str) or not meta[key]]
     if missing:
         raise RecipeError(f"{path}: the `recipe:` block needs {missing}.")
-    known = {f.name for cls in (ModelArguments, DataArguments, GCLTrainingArguments) for f in cls.__dataclass_fields__.values()}
+    known = {name for cls in (ModelArguments, DataArguments, GCLTrainingArguments) for name in cls.__dataclass_fields__}
     unknown = sorted(set(content) - known)
     if unknown:
         raise RecipeError(f"{path}: unknown gcl-train argument(s) {unknown}.")
@@ -130,11 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("recipes", nargs="+",
                         help=f"Recipe sets ({', '.join(RECIPE_SETS)}), bundled recipes, or YAML files.")
     parser.add_argument("--suite", choices=SUITES, default="mbeir", help="gcl-eval suite of the table.")
-    parser.add_argument("--eval_data", default=None, help="gcl-eval --data (M-BEIR root, MMEB folder, CoVR CSV, pairs).")
+    parser.add_argument("--eval_data", default=None,
+                        help="gcl-eval --data (M-BEIR root, MMEB folder, CoVR CSV, pairs).")
     parser.add_argument("--eval_args", default="", help='More gcl-eval flags, e.g. "--pools global --batch_size 256".')
     parser.add_argument("--output_dir", default="gcl-reproduce")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="Override a gcl-train argument of every recipe (repeatable), e.g. --set image_root=images.")
+                        help="Override a gcl-train argument of every recipe (repeatable), e.g. "
+                             "--set image_root=images.")
     parser.add_argument("--launcher", default=None,
                         help='Run training as `LAUNCHER -m trainer.cli ...`, e.g. "torchrun --nproc_per_node 8" or '
                              '"accelerate launch --num_processes 8". Default: in this process.')
@@ -242,7 +244,8 @@ def run(argv: list[str] | None = None) -> dict:
         if not args.skip_pretrained:
             models = {overrides.get("model_name_or_path", r.arguments.get("model_name_or_path")) for r in group}
             if len(models) != 1:
-                raise SystemExit(f"gcl-reproduce: the {backbone} recipes start from different models {sorted(map(str, models))}; "
+                raise SystemExit(f"gcl-reproduce: the {backbone} recipes start from different models "
+                                 f"{sorted(map(str, models))}; "
                                  "give them different backbones or use --skip_pretrained.")
             model = models.pop()
             if model is None:
@@ -267,7 +270,8 @@ def run(argv: list[str] | None = None) -> dict:
 
     table = format_table(rows, args.suite)
     settings = ", ".join(f"{k}={v}" for k, v in overrides.items()) or "none"
-    report = (f"# gcl-reproduce: {TABLE_METRIC[args.suite]} (%)\n\nEvaluation data: {args.eval_data or 'bundled sample'}"
+    report = (f"# gcl-reproduce: {TABLE_METRIC[args.suite]} (%)\n\n"
+              f"Evaluation data: {args.eval_data or 'bundled sample'}"
               f"; overrides of the recipes: {settings}.\n\n{table}\n")
     result = {"suite": args.suite, "eval_data": args.eval_data, "overrides": overrides, "rows": rows}
     output_dir.mkdir(parents=True, exist_ok=True)

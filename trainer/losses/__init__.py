@@ -25,7 +25,8 @@ def build_loss(
         return CLIPLoss(gather_across_devices=gather_across_devices)
     if name == "gcl_sigmoid":
         unsupported = {"loss_weights": weights, "exclude_other_positive": exclude_other_positive or None,
-                       "loss_modalities": None if modalities in (None, ["i", "t", "it"], ("i", "t", "it")) else modalities}
+                       "loss_modalities": None if modalities is None or list(modalities) == ["i", "t", "it"]
+                       else modalities}
         given = [key for key, value in unsupported.items() if value is not None]
         if given:
             raise ValueError(f"The gcl_sigmoid loss has no {', '.join(given)} option (each cell is scored on its own).")

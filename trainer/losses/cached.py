@@ -83,8 +83,9 @@ class CachedLoss(nn.Module):
         logit_scale = outputs_per_chunk[0].logit_scale.detach().requires_grad_()
         logit_bias = None  # the sigmoid loss's bias, cached like the scale
         extra = {}
-        if getattr(self.loss, "uses_logit_bias", False) and getattr(outputs_per_chunk[0], "logit_bias", None) is not None:
-            logit_bias = outputs_per_chunk[0].logit_bias.detach().requires_grad_()
+        model_bias = getattr(outputs_per_chunk[0], "logit_bias", None)
+        if getattr(self.loss, "uses_logit_bias", False) and model_bias is not None:
+            logit_bias = model_bias.detach().requires_grad_()
             extra["logit_bias"] = logit_bias
 
         with torch.enable_grad():

@@ -55,6 +55,29 @@ def _resolve_pairs(
     return pairs, weights
 
 
+def anchors_and_candidates(
+    image_embeds: torch.Tensor,
+    text_embeds: torch.Tensor,
+    fused_embeds: torch.Tensor,
+    gather_across_devices: bool,
+    loss_name: str,
+) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...], int]:
+    """`(anchors, candidates, offset)` for a loss over the three columns: the local `(E_i, E_t, E_it)` as anchors, and
+    as candidates the same columns, or under torch.distributed with `gather_across_devices` every process's columns
+    (gathered with gradient), this process's rows starting at `offset = rank · N`."""
+    num_pairs = image_embeds.shape[0]
+    if not (text_embeds.shape[0] == fused_embeds.shape[0] == num_pairs):
+        raise ValueError(
+            f"{loss_name}: batch sizes differ: image {image_embeds.shape[0]}, text {text_embeds.shape[0]}, "
+            f"fused {fused_embeds.shape[0]}."
+        )
+    anchors = (image_embeds, text_embeds, fused_embeds)
+    rank, world_size = distributed_world()
+    if gather_across_devices and world_size > 1:
+        return anchors, tuple(all_gather_with_grad(embeds) for embeds in anchors), rank * num_pairs
+    return anchors, anchors, 0
+
+
 def gcl_loss(
     image_embeds: torch.Tensor,
     text_embeds: torch.Tensor,
@@ -93,19 +116,9 @@ def gcl_loss(
         `(loss, terms)`: the scalar loss (float32, or float64 for float64 inputs) and `{"loss_i2t": ..., ...}`, each
         term the mean over the N local anchors of −log p at its positive (detached).
     """
-    num_pairs = image_embeds.shape[0]
-    if not (text_embeds.shape[0] == fused_embeds.shape[0] == num_pairs):
-        raise ValueError(
-            f"gcl_loss: batch sizes differ: image {image_embeds.shape[0]}, text {text_embeds.shape[0]}, "
-            f"fused {fused_embeds.shape[0]}."
-        )
-    anchors = (image_embeds, text_embeds, fused_embeds)
-    rank, world_size = distributed_world()
-    if gather_across_devices and world_size > 1:
-        candidates = tuple(all_gather_with_grad(embeds) for embeds in anchors)
-        offset = rank * num_pairs
-    else:
-        candidates, offset = anchors, 0
+    anchors, candidates, offset = anchors_and_candidates(
+        image_embeds, text_embeds, fused_embeds, gather_across_devices, "gcl_loss"
+    )
     return gcl_loss_from_candidates(
         anchors, candidates, offset, temperature, pairs=pairs, weights=weights,
         exclude_other_positive=exclude_other_positive, modalities=modalities,

@@ -29,8 +29,7 @@ from torch import nn
 
 from modeling_gcl.configuration_gcl import MODALITIES, split_pair
 
-from .distributed import all_gather_with_grad, distributed_world
-from .gcl import _at_least_float32, _resolve_pairs, _temperature_as_tensor
+from .gcl import _at_least_float32, _resolve_pairs, _temperature_as_tensor, anchors_and_candidates
 
 # SigLIP's initial bias; a pretrained CLIP keeps its own logit scale (≈ 100) as the initial 1/τ.
 DEFAULT_SIGMOID_BIAS_INIT = -10.0
@@ -63,19 +62,9 @@ def gcl_sigmoid_loss(
     Returns:
         `(loss, terms)`: the scalar loss (float32, or float64 for float64 inputs) and the detached named terms.
     """
-    num_pairs = image_embeds.shape[0]
-    if not (text_embeds.shape[0] == fused_embeds.shape[0] == num_pairs):
-        raise ValueError(
-            f"gcl_sigmoid_loss: batch sizes differ: image {image_embeds.shape[0]}, text {text_embeds.shape[0]}, "
-            f"fused {fused_embeds.shape[0]}."
-        )
-    anchors = (image_embeds, text_embeds, fused_embeds)
-    rank, world_size = distributed_world()
-    if gather_across_devices and world_size > 1:
-        candidates = tuple(all_gather_with_grad(embeds) for embeds in anchors)
-        offset = rank * num_pairs
-    else:
-        candidates, offset = anchors, 0
+    anchors, candidates, offset = anchors_and_candidates(
+        image_embeds, text_embeds, fused_embeds, gather_across_devices, "gcl_sigmoid_loss"
+    )
     return gcl_sigmoid_loss_from_candidates(anchors, candidates, offset, temperature, logit_bias, pairs=pairs)
 
 
@@ -89,7 +78,8 @@ def gcl_sigmoid_loss_from_candidates(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     r"""
     Sigmoid GCL of local anchors `(E_i, E_t, E_it)`, each `(B, dim)`, against candidates `(C_i, C_t, C_it)`, each
-    `(M, dim)` with `C_m[offset + j] = E_m[j]`. Logits `[E_i; E_t; E_it] · [C_i; C_t; C_it]ᵀ / τ + b` are `3B × 3M`.
+    `(M, dim)` with `C_m[offset + j] = E_m[j]`. The logits `[E_i; E_t; E_it] · [C_i; C_t; C_it]ᵀ / τ + b` are
+    `3B × 3M`.
     """
     pairs, _ = _resolve_pairs(pairs, None)
     num_anchors, num_candidates = anchors[0].shape[0], candidates[0].shape[0]
