@@ -448,3 +448,30 @@ def test_gcl_train_runs_on_an_lcs558k_file(sample_lcs, tmp_path, streaming):
     results = run(argv + (["--streaming", "true"] if streaming else []))
     assert results["train"]["train_loss"] > 0 and "after" in results
     assert (tmp_path / "out" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_rows_loaded_through_datasets_become_the_same_pairs(sample_lcs, streaming, tmp_path):
+    """The Hub's LLaVA-Pretrain JSON read by `datasets.load_dataset` (its json builder, as for the Hub repository)
+    gives the pairs that `load_lcs558k` reads from the file."""
+    from trainer.lcs558k import lcs558k_pairs
+
+    json_path, _ = sample_lcs
+    images = json_path.parent
+    rows = datasets.load_dataset("json", data_files=str(json_path), split="train", streaming=streaming,
+                                 cache_dir=str(tmp_path / "cache"))
+    pairs = lcs558k_pairs(rows, image_root=images)
+    expected = list(load_lcs558k(json_path, image_root=images))
+    assert isinstance(pairs, datasets.IterableDataset if streaming else datasets.Dataset)
+    assert list(pairs) == expected
+
+    bad = tmp_path / "bad.json"
+    elements = json.loads(json_path.read_text())
+    elements[3]["conversations"] = [{"from": "human", "value": "<image>"}]
+    bad.write_text(json.dumps(elements))
+    rows = datasets.load_dataset("json", data_files=str(bad), split="train", streaming=streaming,
+                                 cache_dir=str(tmp_path / "cache2"))
+    with pytest.raises(DataError, match=r"row 3 \(id '.*'\): has no turn from \"gpt\""):
+        list(lcs558k_pairs(rows, image_root=images))
+    kept = list(lcs558k_pairs(rows, image_root=images, skip_bad_rows=True))
+    assert len(kept) == len(expected) - 1 and 3 not in [row["gcl_row_index"] for row in kept]

@@ -274,10 +274,17 @@ def iter_lcs558k_rows(
     """
     path = Path(path)
     root = os.path.abspath(os.path.expanduser(str(image_root if image_root is not None else path.parent)))
+    yield from _pairs_from_elements(read_json_array_objects(path, chunk_size), root, str(path), skip_bad_rows,
+                                    image_column, caption_column)
+
+
+def _pairs_from_elements(elements, root: str, source: str, skip_bad_rows: bool, image_column: str,
+                         caption_column: str) -> Iterator[dict]:
+    """`(index, element)` pairs -> image–caption rows, with the bad-row policy (raise, or skip, count and report)."""
     skipped, examples = 0, []
-    for index, element in read_json_array_objects(path, chunk_size):
+    for index, element in elements:
         try:
-            row = lcs558k_row(element, index, root, str(path))
+            row = lcs558k_row(element, index, root, source)
         except DataError as error:
             if not skip_bad_rows:
                 raise
@@ -292,8 +299,57 @@ def iter_lcs558k_rows(
         yield row
     if skipped:
         logger.warning(
-            "%s: skipped %d bad row(s) (skip_bad_rows), e.g.:\n  %s", path, skipped, "\n  ".join(examples)
+            "%s: skipped %d bad row(s) (skip_bad_rows), e.g.:\n  %s", source, skipped, "\n  ".join(examples)
         )
+
+
+def _generate_pairs_from_dataset(dataset, **kwargs) -> Iterator[dict]:
+    yield from _pairs_from_elements(enumerate(dataset), **kwargs)
+
+
+def lcs558k_pairs(
+    dataset: "datasets.Dataset | datasets.IterableDataset",
+    image_root: str | os.PathLike,
+    image_column: str = "image",
+    caption_column: str = "caption",
+    skip_bad_rows: bool = False,
+) -> "datasets.Dataset | datasets.IterableDataset":
+    r"""
+    Image–caption pairs from LCS-558K rows already loaded with `datasets`, e.g.
+    `load_dataset("liuhaotian/LLaVA-Pretrain", data_files="blip_laion_cc_sbu_558k.json", split="train")` (add
+    `streaming=True` to stream). `load_lcs558k` reads the same file itself, incrementally and with byte offsets in its
+    errors; this is for data that is already a `datasets` object (a mirror, a subset, a mix).
+
+    Args:
+        dataset: rows with `id`, `image` and `conversations`; a map-style dataset gives a `datasets.Dataset`, an
+            `IterableDataset` a stream.
+        image_root (`str`): the folder of the extracted `images.zip`.
+        image_column, caption_column, skip_bad_rows: as in `load_lcs558k`; a row's index is its position in
+            `dataset`, which error messages name.
+
+    Returns:
+        The columns of `load_lcs558k`.
+    """
+    root = os.path.abspath(os.path.expanduser(str(image_root)))
+    name = getattr(getattr(dataset, "info", None), "dataset_name", None) or "a datasets object"
+    kwargs = dict(root=root, source=f"LCS-558K rows of {name}", skip_bad_rows=skip_bad_rows,
+                  image_column=image_column, caption_column=caption_column)
+    features = _features(image_column, caption_column)
+    if isinstance(dataset, datasets.IterableDataset):
+        return datasets.IterableDataset.from_generator(_generate_pairs_from_dataset, features=features,
+                                                       gen_kwargs=dict(dataset=dataset, **kwargs))
+    return _collect(_pairs_from_elements(enumerate(dataset), **kwargs), features, kwargs["source"], skip_bad_rows)
+
+
+def _collect(rows, features: "datasets.Features", source: str, skip_bad_rows: bool) -> datasets.Dataset:
+    columns = {name: [] for name in features}
+    for row in rows:
+        for name, values in columns.items():
+            values.append(row[name])
+    if not columns[ROW_INDEX_KEY]:
+        raise DataError(f"{source}: no rows" + (" left after skipping bad rows." if skip_bad_rows else "."))
+    # Columns, not a list of dicts: 558k rows become Arrow arrays without a per-row schema check.
+    return datasets.Dataset.from_dict(columns, features=features)
 
 
 def _generate_rows(**kwargs) -> Iterator[dict]:
@@ -399,11 +455,4 @@ def load_lcs558k(
     features = _features(image_column, caption_column)
     if streaming:
         return datasets.IterableDataset.from_generator(_generate_rows, features=features, gen_kwargs=kwargs)
-    columns = {name: [] for name in features}
-    for row in iter_lcs558k_rows(**kwargs):
-        for name, values in columns.items():
-            values.append(row[name])
-    if not columns[ROW_INDEX_KEY]:
-        raise DataError(f"{path}: no rows" + (" left after skipping bad rows." if skip_bad_rows else "."))
-    # Columns, not a list of dicts: 558k rows become Arrow arrays without a per-row schema check.
-    return datasets.Dataset.from_dict(columns, features=features)
+    return _collect(iter_lcs558k_rows(**kwargs), features, str(path), skip_bad_rows)
