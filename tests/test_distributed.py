@@ -14,7 +14,7 @@ import torch.multiprocessing as mp
 from modeling_gcl import GCLModel, GCLProcessor
 from trainer import GCLCollator
 from trainer.data import BUNDLED_TINY_CLIP_DIR, load_image_caption_dataset
-from trainer.losses import CachedLoss, CLIPLoss, GCLLoss
+from trainer.losses import CachedLoss, CLIPLoss, GCLLoss, GCLSigmoidLoss, gcl_loss_from_candidates
 
 from .conftest import make_small_clip
 
@@ -24,7 +24,14 @@ MODES = {
     "gcl_subset": lambda: GCLLoss(pairs=["i2t", "t2it", "it2i"], weights=[1, 2, 3], exclude_other_positive=True,
                                   gather_across_devices=True),
     "clip": lambda: CLIPLoss(gather_across_devices=True),
+    "gcl_i_t_only": lambda: GCLLoss(pairs=["i2t", "t2i"], modalities=["i", "t"], gather_across_devices=True),
+    "gcl_sigmoid": lambda: GCLSigmoidLoss(gather_across_devices=True),
 }
+# The sigmoid loss trains the model's logit bias; the other losses run on a model without one (DDP with
+# find_unused_parameters=False refuses a trainable parameter that gets no gradient).
+MODEL_KWARGS = {"gcl_sigmoid": {"sigmoid_bias_init": -5.0}}
+# Uneven batches (a process whose collator skipped a bad sample): rank 0 keeps 4 rows, rank 1 only 3.
+UNEVEN_ROWS = {0: (0, 4), 1: (4, 7)}
 
 
 def full_batch() -> dict:
@@ -41,7 +48,9 @@ def loss_and_grads(model, batch, make_loss, cached: bool):
         loss, _, _ = CachedLoss(make_loss(), mini_batch_size=3)(model, batch)
     else:
         out = model(**batch)
-        loss, _ = make_loss()(out.image_embeds, out.text_embeds, out.fused_embeds, 1 / out.logit_scale)
+        loss_fn = make_loss()
+        extra = {"logit_bias": out.logit_bias} if getattr(loss_fn, "uses_logit_bias", False) else {}
+        loss, _ = loss_fn(out.image_embeds, out.text_embeds, out.fused_embeds, 1 / out.logit_scale, **extra)
     loss.backward()
     module = model.module if hasattr(model, "module") else model
     return loss.detach(), {name: p.grad.clone() for name, p in module.named_parameters() if p.grad is not None}
@@ -67,14 +76,28 @@ def _worker(rank: int, store: str, out_path: str, batch_path: str):
         # The batch comes from the parent, so the workers do no data loading (and share no dataset cache).
         batch = {k: v[rank * PER_DEVICE : (rank + 1) * PER_DEVICE]
                  for k, v in torch.load(batch_path, weights_only=True).items()}
-        model = GCLModel.from_backbone(make_small_clip(seed=0)).train()
-        ddp = torch.nn.parallel.DistributedDataParallel(model, broadcast_buffers=False, find_unused_parameters=False)
         results = {}
         for mode, make_loss in MODES.items():
+            model = GCLModel.from_backbone(make_small_clip(seed=0), **MODEL_KWARGS.get(mode, {})).train()
+            ddp = torch.nn.parallel.DistributedDataParallel(model, broadcast_buffers=False,
+                                                            find_unused_parameters=False)
             for cached in (False, True):
                 loss, grads = loss_and_grads(ddp, batch, make_loss, cached)
                 dist.all_reduce(loss)  # the concatenated batch's loss is the mean of the local ones
                 results[(mode, cached)] = (loss / WORLD_SIZE, grads)
+        # Uneven batch sizes: each process's loss over its own anchors against all 7 rows.
+        full = torch.load(batch_path, weights_only=True)
+        start, end = UNEVEN_ROWS[rank]
+        model = GCLModel.from_backbone(make_small_clip(seed=0)).eval()
+        with torch.no_grad():
+            out = model(**{k: v[start:end] for k, v in full.items()})
+            for name in ("gcl", "clip"):
+                results[("uneven", name, rank)] = MODES[name]()(out.image_embeds, out.text_embeds, out.fused_embeds,
+                                                                1 / out.logit_scale)[0]
+        gathered = [None] * WORLD_SIZE
+        dist.all_gather_object(gathered, {k: v for k, v in results.items() if k[0] == "uneven"})
+        for part in gathered:
+            results.update(part)
         if rank == 0:
             torch.save(results, out_path)
     finally:
@@ -117,13 +140,32 @@ def two_process_results(tmp_path_factory):
 @pytest.mark.parametrize("mode", list(MODES))
 @pytest.mark.parametrize("cached", [False, True], ids=["uncached", "cached"])
 def test_two_processes_equal_one_process_on_the_concatenated_batch(two_process_results, mode, cached):
-    model = GCLModel.from_backbone(make_small_clip(seed=0)).train()
+    model = GCLModel.from_backbone(make_small_clip(seed=0), **MODEL_KWARGS.get(mode, {})).train()
     expected_loss, expected_grads = loss_and_grads(model, full_batch(), MODES[mode], cached=False)
     loss, grads = two_process_results[(mode, cached)]
     assert loss.item() == pytest.approx(expected_loss.item(), abs=1e-5)
     assert grads.keys() == expected_grads.keys()
     for name, grad in expected_grads.items():
         torch.testing.assert_close(grads[name], grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_uneven_batches_across_processes_gather_every_real_row(two_process_results):
+    """A process with fewer rows (skipped samples) neither hangs the gather nor adds padding as candidates: each
+    process's loss equals its anchors scored against the 7 real rows in one process."""
+    model = GCLModel.from_backbone(make_small_clip(seed=0)).eval()
+    with torch.no_grad():
+        out = model(**{k: v[:7] for k, v in full_batch().items()})
+    columns = (out.image_embeds, out.text_embeds, out.fused_embeds)
+    for rank, (start, end) in UNEVEN_ROWS.items():
+        anchors = tuple(column[start:end] for column in columns)
+        expected, _ = gcl_loss_from_candidates(anchors, columns, start, 1 / out.logit_scale)
+        assert two_process_results[("uneven", "gcl", rank)].item() == pytest.approx(expected.item(), abs=1e-5)
+    # CLIP: rank 1's 3 anchors against all 7 of the other modality.
+    i2t = torch.nn.functional.cross_entropy(out.image_embeds[4:7] @ out.text_embeds.T * out.logit_scale,
+                                            torch.arange(4, 7))
+    t2i = torch.nn.functional.cross_entropy(out.text_embeds[4:7] @ out.image_embeds.T * out.logit_scale,
+                                            torch.arange(4, 7))
+    assert two_process_results[("uneven", "clip", 1)].item() == pytest.approx(((i2t + t2i) / 2).item(), abs=1e-5)
 
 
 def test_without_distributed_gathering_is_a_no_op(sample_batch):

@@ -4,7 +4,7 @@ module with the common signature `(image_embeds, text_embeds, fused_embeds, temp
 
 from .cached import CachedLoss
 from .clip import CLIPLoss, clip_loss
-from .distributed import all_gather_with_grad, distributed_world
+from .distributed import all_gather_columns_with_grad, all_gather_with_grad, distributed_world
 from .gcl import GCLLoss, gcl_loss, gcl_loss_from_candidates
 from .gcl_sigmoid import DEFAULT_SIGMOID_BIAS_INIT, GCLSigmoidLoss, gcl_sigmoid_loss, gcl_sigmoid_loss_from_candidates
 
@@ -47,6 +47,7 @@ __all__ = [
     "GCLSigmoidLoss",
     "gcl_sigmoid_loss",
     "gcl_sigmoid_loss_from_candidates",
+    "all_gather_columns_with_grad",
     "all_gather_with_grad",
     "distributed_world",
 ]

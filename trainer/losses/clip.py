@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .distributed import all_gather_with_grad, distributed_world
+from .distributed import all_gather_columns_with_grad
 from .gcl import _at_least_float32, _temperature_as_tensor
 
 
@@ -40,10 +40,8 @@ def clip_loss(
     """
     if image_embeds.shape[0] != text_embeds.shape[0]:
         raise ValueError(f"clip_loss: {image_embeds.shape[0]} images for {text_embeds.shape[0]} texts.")
-    rank, world_size = distributed_world()
-    if gather_across_devices and world_size > 1:
-        all_images, all_texts = all_gather_with_grad(image_embeds), all_gather_with_grad(text_embeds)
-        offset = rank * image_embeds.shape[0]
+    if gather_across_devices:  # batch sizes may differ between processes
+        (all_images, all_texts), offset = all_gather_columns_with_grad((image_embeds, text_embeds))
     else:
         all_images, all_texts, offset = image_embeds, text_embeds, 0
     device = image_embeds.device

@@ -10,6 +10,7 @@ which must not be mixed with this one.)
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 
 
 def distributed_world() -> tuple[int, int]:
@@ -33,3 +34,25 @@ def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
         from torch.distributed.nn.functional import all_gather
 
         return torch.cat(all_gather(tensor), dim=0)
+
+
+def all_gather_columns_with_grad(columns: tuple[torch.Tensor, ...]) -> tuple[tuple[torch.Tensor, ...], int]:
+    """Gather each `(B_r, d)` column from every process, differentiably, when the processes' batch sizes `B_r` may
+    differ (a process whose collator skipped a bad sample has fewer rows). Returns the gathered columns
+    (`(Σ B_r, d)`, rank-major) and this process's offset `Σ_{r < rank} B_r`. Rows are padded to the largest `B_r` for
+    the collective and the padding is dropped again, so it never serves as a candidate."""
+    rank, world_size = distributed_world()
+    if world_size == 1:
+        return tuple(columns), 0
+    local = torch.tensor([columns[0].shape[0]], device=columns[0].device)
+    sizes = [torch.zeros_like(local) for _ in range(world_size)]
+    dist.all_gather(sizes, local)
+    sizes = [int(size) for size in sizes]
+    largest = max(sizes)
+    gathered = []
+    for column in columns:
+        padded = F.pad(column, (0, 0, 0, largest - column.shape[0])) if column.shape[0] < largest else column
+        rows = all_gather_with_grad(padded)
+        gathered.append(torch.cat([rows[r * largest : r * largest + sizes[r]] for r in range(world_size)])
+                        if min(sizes) < largest else rows)
+    return tuple(gathered), sum(sizes[:rank])

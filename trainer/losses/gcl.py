@@ -25,7 +25,7 @@ from torch import nn
 
 from modeling_gcl.configuration_gcl import ALL_LOSS_PAIRS, MODALITIES, check_loss_modalities, split_pair
 
-from .distributed import all_gather_with_grad, distributed_world
+from .distributed import all_gather_columns_with_grad
 
 
 def _at_least_float32(embeds: torch.Tensor) -> torch.Tensor:
@@ -64,7 +64,7 @@ def anchors_and_candidates(
 ) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...], int]:
     """`(anchors, candidates, offset)` for a loss over the three columns: the local `(E_i, E_t, E_it)` as anchors, and
     as candidates the same columns, or under torch.distributed with `gather_across_devices` every process's columns
-    (gathered with gradient), this process's rows starting at `offset = rank · N`."""
+    (gathered with gradient; batch sizes may differ between processes), this process's rows starting at `offset`."""
     num_pairs = image_embeds.shape[0]
     if not (text_embeds.shape[0] == fused_embeds.shape[0] == num_pairs):
         raise ValueError(
@@ -72,10 +72,10 @@ def anchors_and_candidates(
             f"fused {fused_embeds.shape[0]}."
         )
     anchors = (image_embeds, text_embeds, fused_embeds)
-    rank, world_size = distributed_world()
-    if gather_across_devices and world_size > 1:
-        return anchors, tuple(all_gather_with_grad(embeds) for embeds in anchors), rank * num_pairs
-    return anchors, anchors, 0
+    if not gather_across_devices:
+        return anchors, anchors, 0
+    candidates, offset = all_gather_columns_with_grad(anchors)
+    return anchors, candidates, offset
 
 
 def gcl_loss(
