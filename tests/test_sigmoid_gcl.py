@@ -188,3 +188,40 @@ def test_trainer_with_sigmoid_learns_bias_and_temperature(tmp_path, processor, s
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert len(logs) == 3 and {"loss_i2t", "loss_negatives", "logit_bias", "temperature"} <= set(logs[0])
     assert logs[0]["logit_bias"] == pytest.approx(-6.0, abs=1e-4)
+
+
+def test_lora_sigmoid_bias_survives_resume_and_adapter_loading(tmp_path, processor, sample_dataset):
+    from trainer.lora import load_lora_model, save_lora_adapter
+
+    def trainer_for(max_steps):
+        args = GCLTrainingArguments(
+            output_dir=str(tmp_path / "run"), loss="gcl_sigmoid", sigmoid_bias_init=-6.0,
+            per_device_train_batch_size=12, max_steps=max_steps, learning_rate=0.05, lr_scheduler_type="constant",
+            save_strategy="steps", save_steps=2, report_to="none", disable_tqdm=True, use_cpu=True, logging_steps=1,
+            seed=0, use_lora=True, lora_r=4, lora_dropout=0.0, train_logit_scale=True,
+        )
+        return GCLTrainer(model=make_model(), args=args, train_dataset=sample_dataset.select(range(36)),
+                          processing_class=processor)
+
+    first = trainer_for(2)
+    first.train()
+    trained_bias = first.model.get_base_model().logit_bias.item()
+    trained_scale = first.model.get_base_model().encoder.logit_scale.item()
+    assert trained_bias != -6.0
+
+    resumed = trainer_for(3)  # a fresh model: bias -6, scale at its initial value
+    resumed.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-2"))
+    step3 = [entry for entry in resumed.state.log_history if entry.get("step") == 3 and "loss" in entry][0]
+    assert step3["logit_bias"] == pytest.approx(trained_bias, abs=1e-4)  # step 3 starts from the checkpoint's bias
+    assert step3["temperature"] == pytest.approx(1 / math.exp(trained_scale), abs=1e-4)
+
+    save_lora_adapter(first.model, str(tmp_path / "adapter"))
+    loaded = load_lora_model(make_model(), str(tmp_path / "adapter"))  # a plain backbone, no bias of its own
+    assert loaded.get_base_model().logit_bias.item() == pytest.approx(trained_bias)
+
+
+def test_other_losses_leave_a_bias_frozen(processor, sample_dataset, tmp_path):
+    model = make_model(sigmoid_bias_init=-3.0)
+    args = GCLTrainingArguments(output_dir=str(tmp_path), loss="gcl", report_to="none", use_cpu=True)
+    GCLTrainer(model=model, args=args, train_dataset=sample_dataset.select(range(8)), processing_class=processor)
+    assert not model.logit_bias.requires_grad  # DDP (find_unused_parameters=False) refuses unused trainables

@@ -225,7 +225,8 @@ def run(argv: list[str] | None = None) -> dict:
     model.config.loss_modalities = list(training_args.loss_modalities)
     if training_args.loss == "gcl_sigmoid":
         model.add_logit_bias(training_args.sigmoid_bias_init)  # kept as it is when the checkpoint has one
-        if not model.config.learnable_temperature and not explicit & {"learnable_temperature", "temperature"}:
+        if (not model.config.learnable_temperature and not training_args.use_lora
+                and not explicit & {"learnable_temperature", "temperature"}):
             # SigLIP learns τ with b; a fixed τ (VISTA's 0.02) stays fixed only when asked for on the command line.
             model.set_learnable_temperature(True)
             print("gcl-train: --loss gcl_sigmoid learns the temperature with the bias (the model's fixed temperature "

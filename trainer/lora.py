@@ -135,17 +135,23 @@ def save_extra_trainables(peft_model: PeftModel, output_dir: str) -> None:
 
 def load_lora_model(base_model: GCLModel, adapter_dir: str, is_trainable: bool = False) -> PeftModel:
     """Load a saved adapter (and its extra trainables) onto `base_model`."""
-    peft_model = PeftModel.from_pretrained(base_model, adapter_dir, is_trainable=is_trainable)
     extras_path = os.path.join(adapter_dir, EXTRA_TRAINABLES_FILE)
-    if os.path.exists(extras_path):
-        base = peft_model.get_base_model()
-        parameters = dict(base.named_parameters())
-        for name, tensor in load_file(extras_path).items():
-            if name not in parameters or parameters[name].shape != tensor.shape:
-                raise ValueError(f"{extras_path}: {name} {tuple(tensor.shape)} does not fit the base model.")
-            with torch.no_grad():
-                parameters[name].copy_(tensor)
+    extras = load_file(extras_path) if os.path.exists(extras_path) else {}
+    if "logit_bias" in extras and getattr(base_model, "logit_bias", None) is None:
+        base_model.add_logit_bias(float(extras["logit_bias"]))  # trained with the sigmoid loss: the base had no bias
+    peft_model = PeftModel.from_pretrained(base_model, adapter_dir, is_trainable=is_trainable)
+    load_extra_trainables(peft_model, extras, extras_path)
     return peft_model
+
+
+def load_extra_trainables(peft_model: PeftModel, extras: dict[str, torch.Tensor], source: str) -> None:
+    """Copy saved extra trainables (`logit_scale`, `logit_bias`) into the base model of `peft_model`."""
+    parameters = dict(peft_model.get_base_model().named_parameters())
+    for name, tensor in extras.items():
+        if name not in parameters or parameters[name].shape != tensor.shape:
+            raise ValueError(f"{source}: {name} {tuple(tensor.shape)} does not fit the base model.")
+        with torch.no_grad():
+            parameters[name].copy_(tensor)
 
 
 def merge_lora(peft_model: PeftModel) -> GCLModel:

@@ -18,7 +18,7 @@ from .atomic import STAGING_PREFIX, publish_directory, remove_stale_staging
 from .collator import SKIPPED_SAMPLES_KEY, GCLCollator
 from .data import RowIndexedDataset
 from .losses import DEFAULT_SIGMOID_BIAS_INIT, LOSSES, CachedLoss, build_loss
-from .lora import apply_lora, freeze_towers, save_extra_trainables
+from .lora import EXTRA_TRAINABLES_FILE, apply_lora, freeze_towers, load_extra_trainables, save_extra_trainables
 from .samplers import UniqueGroupBatchSampler
 
 logger = logging.getLogger(__name__)
@@ -142,8 +142,10 @@ class GCLTrainer(Trainer):
         elif getattr(args, "freeze_towers", None) and model is not None:
             freeze_towers(model, args.freeze_towers)
         bias = getattr(model.get_base_model() if hasattr(model, "get_base_model") else model, "logit_bias", None)
-        if sigmoid and bias is not None:
-            bias.requires_grad_(True)  # the sigmoid loss learns its bias, under LoRA too (peft freezes bare parameters)
+        if bias is not None:
+            # The sigmoid loss learns its bias, under LoRA too (peft freezes bare parameters); any other loss leaves it
+            # untouched, and frozen, since DDP refuses a trainable parameter that gets no gradient.
+            bias.requires_grad_(sigmoid)
         if data_collator is None and kwargs.get("processing_class") is not None:
             data_collator = GCLCollator(kwargs["processing_class"], skip_bad_samples=getattr(args, "skip_bad_samples", False))
         if train_dataset is not None and not isinstance(train_dataset, (IterableDataset, RowIndexedDataset)):
@@ -255,6 +257,16 @@ class GCLTrainer(Trainer):
         super()._save(output_dir, state_dict)
         if hasattr(self.model, "peft_config") and self.args.should_save:
             save_extra_trainables(self.model, output_dir or self.args.output_dir)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        # Trainer restores a peft model's adapter only; the bare trainables saved beside it (logit scale, sigmoid
+        # bias) must come back too, or a resumed run restarts them from their initial values.
+        extras_path = os.path.join(resume_from_checkpoint, EXTRA_TRAINABLES_FILE)
+        if hasattr(self.model, "peft_config") and os.path.exists(extras_path):
+            from safetensors.torch import load_file
+
+            load_extra_trainables(self.model, load_file(extras_path), extras_path)
 
     def _save_checkpoint(self, model, trial):
         """Write `checkpoint-N` under a hidden staging folder, then rename it into place, so a save that a crash
