@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from transformers import BertConfig, BertModel
 
 from modeling_gcl import GCLModel, GCLProcessor
@@ -74,7 +75,7 @@ def tiny_vista_dir(tmp_path_factory) -> Path:
 def cpu_overrides(model_dir: Path, lcs: tuple[Path, Path]) -> dict:
     """What turns a paper recipe into a few CPU steps: the data and the model are stand-ins, nothing else changes."""
     return {"model_name_or_path": str(model_dir), "train_data": str(lcs[0]), "image_root": str(lcs[1]),
-            "per_device_train_batch_size": 8, "max_steps": 2, "eval_holdout": 8, "bf16": False,
+            "global_batch_size": 8, "mini_batch_size": 4, "max_steps": 2, "eval_holdout": 8, "bf16": False,
             "dataloader_num_workers": 0, "max_caption_length": 16, "disable_tqdm": True, "report_to": "none"}
 
 
@@ -82,7 +83,7 @@ def cpu_overrides(model_dir: Path, lcs: tuple[Path, Path]) -> dict:
 def test_every_recipe_parses_with_its_paper_settings(name, tmp_path):
     recipe = load_recipe(resolve_recipes([name])[0].path)
     assert recipe.backbone and recipe.variant
-    assert recipe.arguments["data_format"] == "lcs558k" and recipe.arguments["train_data"] == "liuhaotian/LLaVA-Pretrain"
+    assert recipe.arguments["data_format"] == "lcs558k" and recipe.arguments["train_data"] == "LLaVA-Pretrain"
     # The file itself parses as gcl-train arguments (bf16 off: this machine has no GPU).
     model_args, data_args, training_args, _ = parse_arguments([str(recipe.path), "--bf16", "false",
                                                                "--output_dir", str(tmp_path)])
@@ -116,6 +117,18 @@ def test_every_recipe_trains_end_to_end_with_a_stand_in(name, tmp_path, lcs_data
     assert saved.config.loss_pairs == recipe.arguments.get("loss_pairs", saved.config.loss_pairs)
     assert saved.config.loss_modalities == recipe.arguments.get("loss_modalities", ["i", "t", "it"])
     assert saved.config.backbone_type == ("vista" if "vista" in name else "clip")
+
+
+def test_global_batch_size_sets_the_per_device_batch(tmp_path, lcs_data, tiny_clip_dir):
+    from trainer.cli import _to_argv, run
+
+    argv = _to_argv({**cpu_overrides(tiny_clip_dir, lcs_data), "max_steps": 1, "global_batch_size": 6,
+                     "eval_holdout": 0, "output_dir": str(tmp_path / "out"), "save_strategy": "no"})
+    run(argv)
+    record = json.loads((tmp_path / "out" / "gcl_training.json").read_text())
+    assert record["per_device_train_batch_size"] == 6 and record["world_size"] == 1
+    with pytest.raises(SystemExit, match="per_device_train_batch_size=4 was given"):
+        run(argv + ["--per_device_train_batch_size", "4"])
 
 
 def test_recipe_errors_name_the_file(tmp_path):
@@ -158,6 +171,16 @@ def test_reproduce_writes_the_paper_table_and_keeps_finished_stages(tmp_path, lc
     log = capsys.readouterr().out
     assert "gcl-reproduce: training" not in log and "gcl-reproduce: evaluating" not in log
     assert again["rows"] == result["rows"]
+
+    # Other settings retrain and re-evaluate that stage (the old model kept aside); --set KEY=null unsets a key.
+    capsys.readouterr()
+    changed = reproduce(argv + ["--set", "learning_rate=0.01", "--set", "max_caption_length=null", "--skip_pretrained"])
+    log = capsys.readouterr().out
+    assert log.count("gcl-reproduce: training") == 2 and log.count("gcl-reproduce: evaluating") == 2
+    record = yaml.safe_load((out / "vista-base" / "vista_gcl" / "recipe.yaml").read_text())
+    assert record["learning_rate"] == 0.01 and "max_caption_length" not in record
+    assert (out / "vista-base" / "vista_gcl" / "model.previous" / "config.json").exists()
+    assert [row["variant"] for row in changed["rows"]] == ["+CL", "+GCL"]
 
 
 @pytest.mark.slow

@@ -24,7 +24,7 @@ from .data import load_image_caption_dataset, split_holdout
 from .evaluation import ModalityMatrixEvaluator, encode_pairs, format_matrix, modality_matrix
 from .evaluation.callback import add_retrieval_evaluation
 from .lora import merge_lora, save_lora_adapter
-from .trainer import GCLTrainer, GCLTrainingArguments, check_finite_parameters
+from .trainer import GCLTrainer, GCLTrainingArguments, apply_global_batch_size, check_finite_parameters
 
 logger = logging.getLogger("gcl-train")
 
@@ -176,6 +176,13 @@ def run(argv: list[str] | None = None) -> dict:
     model_args, data_args, training_args, explicit = parse_arguments(argv)
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
     set_seed(training_args.seed)
+    try:
+        apply_global_batch_size(training_args, per_device_given="per_device_train_batch_size" in explicit)
+    except ValueError as error:
+        raise SystemExit(f"gcl-train: {error}") from error
+    if training_args.global_batch_size is not None:
+        print(f"gcl-train: global batch {training_args.global_batch_size} = {training_args.world_size} process(es) x "
+              f"{training_args.per_device_train_batch_size} pairs.", flush=True)
 
     # --push_to_hub: checked now (repository id, token) and done by hub_cards after saving, with remote code and card.
     from hub_cards.publish import HubPublishError, take_over_push_to_hub
@@ -187,7 +194,8 @@ def run(argv: list[str] | None = None) -> dict:
 
     from_scratch = model_args.model_name_or_path is None
     if from_scratch:
-        applied = {key: value for key, value in FROM_SCRATCH_DEFAULTS.items() if key not in explicit}
+        applied = {key: value for key, value in FROM_SCRATCH_DEFAULTS.items() if key not in explicit
+                   and not (key == "per_device_train_batch_size" and training_args.global_batch_size is not None)}
         for key, value in applied.items():
             setattr(training_args, key, value)
         print(

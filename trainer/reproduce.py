@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 
 from .atomic import atomic_write_json, atomic_write_text
-from .cli import RECIPE_METADATA_KEY, _to_argv
+from .cli import RECIPE_METADATA_KEY
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 # Names that expand to the recipes bundled with the package.
@@ -145,10 +145,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _train(recipe: Recipe, overrides: dict, model_dir: Path, launcher: str | None) -> None:
-    argv = [str(recipe.path), *_to_argv({k: v for k, v in overrides.items() if k != "output_dir"}),
-            "--output_dir", str(model_dir)]
-    if any(model_dir.glob("checkpoint-*")):  # a run that was stopped: go on from its newest complete checkpoint
+RUN_SETTINGS_FILE = "recipe.yaml"  # the merged arguments a stage trained with, beside its model/ and eval/
+EVAL_SETTINGS_FILE = "eval_settings.json"  # what a stage's eval/ was computed from
+
+
+def merged_arguments(recipe: Recipe, overrides: dict, model_dir: Path) -> dict:
+    """The recipe's gcl-train arguments with `--set` overrides applied; an override to null/empty removes the key,
+    so gcl-train's default applies (e.g. `--set image_root=` for data whose paths are absolute)."""
+    arguments = {**recipe.arguments, **overrides}
+    arguments = {key: value for key, value in arguments.items() if value is not None}
+    arguments["output_dir"] = str(model_dir)
+    return arguments
+
+
+def _read_settings(path: Path):
+    import json
+
+    if not path.exists():
+        return None
+    with open(path, encoding="utf-8") as handle:
+        return yaml.safe_load(handle) if path.suffix == ".yaml" else json.load(handle)
+
+
+def _train(recipe: Recipe, arguments: dict, run_dir: Path, launcher: str | None, resume: bool) -> None:
+    """Train from the merged arguments, written first to `run_dir/recipe.yaml` (the stage's record)."""
+    import shutil
+
+    settings = run_dir / RUN_SETTINGS_FILE
+    model_dir = Path(arguments["output_dir"])
+    if not resume and model_dir.exists():
+        # Other settings, or --force: nothing of the old run (checkpoints, the finished marker) may leak into the new
+        # one, and nothing saved is deleted before the new run succeeds: the old folder is kept as model.previous.
+        previous = run_dir / "model.previous"
+        shutil.rmtree(previous, ignore_errors=True)
+        model_dir.rename(previous)
+        print(f"gcl-reproduce: the earlier {model_dir} is now {previous}.", flush=True)
+    content = {RECIPE_METADATA_KEY: {"backbone": recipe.backbone, "variant": recipe.variant,
+                                     "from": str(recipe.path)}, **arguments}
+    atomic_write_text(settings, yaml.safe_dump(content, sort_keys=False))
+    argv = [str(settings)]
+    if resume and any(model_dir.glob("checkpoint-*")):  # a stopped run: go on from its newest complete checkpoint
         argv += ["--resume_from_checkpoint", "last"]
     print(f"gcl-reproduce: training {recipe.name} -> {model_dir}", flush=True)
     if launcher:
@@ -163,24 +199,24 @@ def _train(recipe: Recipe, overrides: dict, model_dir: Path, launcher: str | Non
         train(argv)
 
 
-def _evaluate(model: str, eval_dir: Path, args) -> dict:
+def _evaluate_stage(model: str, eval_dir: Path, args, stale: bool) -> dict:
+    """gcl-eval of `model` into `eval_dir`, unless an earlier run evaluated the same model with the same settings."""
     from .eval_cli import run as evaluate
 
     argv = ["--model", str(model), "--suite", args.suite, "--output_dir", str(eval_dir)]
     if args.eval_data is not None:
         argv += ["--data", args.eval_data]
+    argv += shlex.split(args.eval_args)
+    settings_path = eval_dir.parent / EVAL_SETTINGS_FILE
+    metrics_path = eval_dir / EVALUATED_MARKER
+    if not (stale or args.force) and metrics_path.exists() and _read_settings(settings_path) == {"argv": argv}:
+        print(f"gcl-reproduce: {eval_dir} is finished; kept (--force redoes it).", flush=True)
+        return _read_settings(metrics_path)
+    settings_path.unlink(missing_ok=True)  # written again only once the new metrics are
     print(f"gcl-reproduce: evaluating {model} -> {eval_dir}", flush=True)
-    return evaluate(argv + shlex.split(args.eval_args))
-
-
-def _load_or_run(marker: Path, force: bool, run):
-    import json
-
-    if marker.exists() and not force:
-        print(f"gcl-reproduce: {marker.parent} is finished; kept (--force redoes it).", flush=True)
-        with open(marker, encoding="utf-8") as handle:
-            return json.load(handle)
-    return run()
+    metrics = evaluate(argv)
+    atomic_write_json(settings_path, {"argv": argv})
+    return metrics
 
 
 def table_columns(suite: str, metrics: dict) -> dict[str, float]:
@@ -251,19 +287,23 @@ def run(argv: list[str] | None = None) -> dict:
             if model is None:
                 raise SystemExit(f"gcl-reproduce: the {backbone} recipes name no model_name_or_path.")
             eval_dir = backbone_dir / "pretrained" / "eval"
-            metrics = _load_or_run(eval_dir / EVALUATED_MARKER, args.force, lambda: _evaluate(model, eval_dir, args))
+            metrics = _evaluate_stage(model, eval_dir, args, stale=False)
             paper = next((r.paper_pretrained for r in group if r.paper_pretrained), {})
             rows.append({"backbone": label, "variant": "pretrained", "model": str(model), "paper": paper,
                          "columns": table_columns(args.suite, metrics)})
         for recipe in group:
-            model_dir = backbone_dir / recipe.name / "model"
-            if args.force or not (model_dir / TRAINED_MARKER).exists():
-                _train(recipe, overrides, model_dir, args.launcher)
+            run_dir = backbone_dir / recipe.name
+            model_dir = run_dir / "model"
+            arguments = merged_arguments(recipe, overrides, model_dir)
+            recorded = _read_settings(run_dir / RUN_SETTINGS_FILE)
+            same = recorded is not None and {k: v for k, v in recorded.items() if k != RECIPE_METADATA_KEY} == arguments
+            trained = same and (model_dir / TRAINED_MARKER).exists()
+            if args.force or not trained:
+                _train(recipe, arguments, run_dir, args.launcher, resume=same and not args.force)
             else:
-                print(f"gcl-reproduce: {model_dir} is trained; kept (--force retrains).", flush=True)
-            eval_dir = backbone_dir / recipe.name / "eval"
-            metrics = _load_or_run(eval_dir / EVALUATED_MARKER, args.force,
-                                   lambda: _evaluate(str(model_dir), eval_dir, args))
+                print(f"gcl-reproduce: {model_dir} is trained with these settings; kept (--force retrains).",
+                      flush=True)
+            metrics = _evaluate_stage(str(model_dir), run_dir / "eval", args, stale=args.force or not trained)
             rows.append({"backbone": label, "variant": recipe.variant, "recipe": str(recipe.path),
                          "model": str(model_dir), "paper": recipe.paper,
                          "columns": table_columns(args.suite, metrics)})

@@ -37,6 +37,12 @@ class GCLTrainingArguments(TrainingArguments):
     per_device_train_batch_size: int = field(
         default=32, metadata={"help": "Pairs per device and step; GCL's negatives come from the batch (3N-1 each)."}
     )
+    global_batch_size: int | None = field(
+        default=None,
+        metadata={"help": "Pairs per step over all processes (the batch whose items are each other's negatives): sets "
+                          "per_device_train_batch_size = global_batch_size / world size, so a recipe keeps its batch "
+                          "on 1 or 8 GPUs. Default: per_device_train_batch_size decides."},
+    )
     logging_steps: float = field(default=10, metadata={"help": "Log every X steps (or a ratio of the run if < 1)."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep False: images are decoded in the collator."})
     dataloader_drop_last: bool = field(default=True, metadata={"help": "Drop the last incomplete batch."})
@@ -103,6 +109,22 @@ class GCLTrainingArguments(TrainingArguments):
     train_logit_scale: bool = field(
         default=False, metadata={"help": "With LoRA, keep training the (otherwise frozen) logit scale."}
     )
+
+
+def apply_global_batch_size(args: GCLTrainingArguments, per_device_given: bool = False) -> None:
+    """Derive `per_device_train_batch_size` from `global_batch_size` and the world size (a no-op without it)."""
+    if args.global_batch_size is None:
+        return
+    world_size = max(args.world_size, 1)
+    per_device, remainder = divmod(args.global_batch_size, world_size)
+    if remainder or per_device < 1:
+        raise ValueError(f"global_batch_size={args.global_batch_size} does not split evenly over {world_size} "
+                         "processes; choose a multiple of the number of GPUs.")
+    if per_device_given and per_device != args.per_device_train_batch_size:
+        raise ValueError(f"global_batch_size={args.global_batch_size} over {world_size} process(es) means "
+                         f"{per_device} pairs per device, but per_device_train_batch_size="
+                         f"{args.per_device_train_batch_size} was given; set one of them.")
+    args.per_device_train_batch_size = per_device
 
 
 class GCLTrainer(Trainer):
