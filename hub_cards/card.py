@@ -92,7 +92,7 @@ def negatives_per_anchor(loss: str, per_device_batch_size: int | None, world_siz
     of the other modality, its positive included as the only non-negative (N − 1). N counts every device's pairs
     when the loss gathers them.
     """
-    formula, factor = ("3N − 1", 3) if loss == "gcl" else ("N − 1", 1)
+    formula, factor = ("3N − 1", 3) if loss in ("gcl", "gcl_sigmoid") else ("N − 1", 1)
     if per_device_batch_size is None:
         return f"{formula} (N: pairs per batch; not recorded for this run)"
     devices = world_size if gather_across_devices else 1
@@ -117,7 +117,19 @@ def temperature_policy(config: dict[str, Any], trained_logit_scale: float | None
     return policy
 
 
+METHOD_NAMES = {"gcl": "GCL", "gcl_sigmoid": "sigmoid GCL", "clip": "the CLIP (+CL) baseline loss"}
+
+
+def method_name(loss: str) -> str:
+    return METHOD_NAMES.get(loss, f"the `{loss}` loss")
+
+
 def loss_description(loss: str, config: dict[str, Any]) -> str:
+    if loss == "gcl_sigmoid":
+        bias = config.get("sigmoid_bias_init")
+        return ("`gcl_sigmoid` — sigmoid GCL: SigLIP's pairwise sigmoid loss over the 3N × 3N cells of "
+                "[E_i; E_t; E_it], positives the same pair's other modalities, with a learnable temperature and bias"
+                + (f" (bias initialised at {bias:g})" if bias is not None else ""))
     if loss == "clip":
         return ("`clip` — the paper's “+CL” baseline: symmetric InfoNCE over the N × N image↔text matrix (no fused "
                 "items)")
@@ -127,12 +139,15 @@ def loss_description(loss: str, config: dict[str, Any]) -> str:
         text += "; each anchor's other positive is left out of its denominator"
     else:
         text += "; the anchor's other positive stays in the denominator, as in Eq. 2"
+    modalities = config.get("loss_modalities") or ["i", "t", "it"]
+    if list(modalities) != ["i", "t", "it"]:
+        text += f"; the softmax spans only the {', '.join(MODALITY_NAMES[m] for m in modalities)} items (an ablation)"
     return text
 
 
 def loss_pairs_table(loss: str, config: dict[str, Any]) -> str:
     """The positive pairs the GCL loss counts and their weights (all six, weight 1, in the paper)."""
-    if loss != "gcl":
+    if loss not in ("gcl", "gcl_sigmoid"):
         return ""
     pairs = config.get("loss_pairs") or list(DEFAULT_LOSS_PAIRS)
     weights = config.get("loss_weights") or [1.0] * len(pairs)
@@ -391,7 +406,7 @@ def _dataset_text(run: RunInfo, datasets: list[str] | None) -> str:
 
 def _training_text(run: RunInfo, datasets: list[str] | None) -> str:
     record = run.record or {}
-    method = "GCL" if run.loss == "gcl" else "the CLIP (+CL) baseline loss"
+    method = method_name(run.loss)
     steps = run.max_steps
     parts = [f"Trained with {method} on {_dataset_text(run, datasets)}"]
     if record.get("train_pairs"):
@@ -597,7 +612,8 @@ def render_model_card(
         base_model=base_model,
         base_model_text=base_model_text,
         backbone=backbone_description(config),
-        method_text=("GCL" if run.loss == "gcl" else "CLIP (+CL) baseline") + (", LoRA" if record.get("use_lora") else ""),
+        method_text=method_name(run.loss).removeprefix("the ").removesuffix(" loss")
+        + (", LoRA" if record.get("use_lora") else ""),
         library_link=f"[gcl-hf]({library_url})" if library_url else "gcl-hf",
         dim=embedding_dim(config),
         fusion=fusion,

@@ -551,3 +551,13 @@ def test_lora_adapter_export_loads_onto_the_base_and_matches_the_merged_model(lo
 def test_adapter_mode_needs_an_adapter(run_dir, tmp_path):
     with pytest.raises(FileNotFoundError, match="no LoRA adapter"):
         prepare_export_dir(run_dir, tmp_path / "repo", REPO_ID, lora="adapter")
+
+
+def test_card_names_the_sigmoid_loss():
+    from hub_cards.card import loss_description, loss_pairs_table, method_name, negatives_per_anchor
+
+    assert method_name("gcl_sigmoid") == "sigmoid GCL" and method_name("clip") == "the CLIP (+CL) baseline loss"
+    assert "SigLIP" in loss_description("gcl_sigmoid", {"sigmoid_bias_init": -10.0})
+    assert "`i2it`" in loss_pairs_table("gcl_sigmoid", {})
+    assert negatives_per_anchor("gcl_sigmoid", 4).startswith("3N − 1 = 11")
+    assert "only the image, text items" in loss_description("gcl", {"loss_modalities": ["i", "t"]})
