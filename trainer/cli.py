@@ -131,6 +131,11 @@ def _to_argv(config: dict) -> list[str]:
     return argv
 
 
+def argument_names() -> set[str]:
+    """Every argument gcl-train takes (the keys a config or recipe file may hold)."""
+    return {f.name for cls in (ModelArguments, DataArguments, GCLTrainingArguments) for f in fields(cls)}
+
+
 def parse_arguments(argv: list[str] | None = None):
     """Parse flags, optionally after a YAML/JSON config file given as the first argument.
 
@@ -144,8 +149,7 @@ def parse_arguments(argv: list[str] | None = None):
         if not isinstance(file_config, dict):
             raise SystemExit(f"gcl-train: {path} must hold a mapping of argument names to values.")
         file_config.pop(RECIPE_METADATA_KEY, None)  # a recipe's description (gcl-reproduce reads it), not arguments
-        known = {f.name for cls in (ModelArguments, DataArguments, GCLTrainingArguments) for f in fields(cls)}
-        unknown = sorted(set(file_config) - known)
+        unknown = sorted(set(file_config) - argument_names())
         if unknown:
             raise SystemExit(f"gcl-train: {path}: unknown argument(s) {unknown}; see gcl-train --help.")
     explicit = set(file_config) | {token[2:].split("=")[0] for token in argv if token.startswith("--")}
@@ -231,8 +235,7 @@ def run(argv: list[str] | None = None) -> dict:
     model.config.loss_weights = training_args.loss_weights
     model.config.exclude_other_positive = training_args.exclude_other_positive
     model.config.loss_modalities = list(training_args.loss_modalities)
-    if training_args.loss == "gcl_sigmoid":
-        model.add_logit_bias(training_args.sigmoid_bias_init)  # kept as it is when the checkpoint has one
+    if training_args.loss == "gcl_sigmoid":  # GCLTrainer gives the model its logit bias
         if (not model.config.learnable_temperature and not training_args.use_lora
                 and not explicit & {"learnable_temperature", "temperature"}):
             # SigLIP learns τ with b; a fixed τ (VISTA's 0.02) stays fixed only when asked for on the command line.

@@ -40,11 +40,14 @@ def _check_imagefolder_metadata(folder: Path) -> None:
             raise DataError(f"{metadata}:{line_number}: needs a non-empty string `file_name`, got {row.get('file_name')!r}.")
 
 
-def _load_jsonl_pairs(path: Path, image_column: str, image_root: str | None = None) -> datasets.Dataset:
+def _has_imagefolder_metadata(folder: Path) -> bool:
+    return any((folder / name).exists() for name in ("metadata.jsonl", "metadata.csv", "metadata.parquet"))
+
+
+def _load_jsonl_pairs(path: Path, image_column: str, folder: str) -> datasets.Dataset:
     """A JSONL file of `{image_column: path, caption_column: text, ...}` rows; relative image paths are taken
-    relative to `image_root`, default the file's folder."""
+    relative to `folder`."""
     rows = []
-    folder = str(image_root) if image_root is not None else str(path.parent)
     for line_number, row in read_jsonl_objects(path):
         if image_column in row:  # a missing column is reported below, for the whole file
             row[image_column] = _resolve_path(row[image_column], folder)
@@ -74,8 +77,7 @@ def _is_lcs558k(train_data, path: Path, data_format: str) -> bool:
             )
         return True
     if path.is_dir():
-        has_metadata = any((path / name).exists() for name in ("metadata.jsonl", "metadata.csv", "metadata.parquet"))
-        return not has_metadata and (path / LCS558K_FILENAME).is_file()
+        return not _has_imagefolder_metadata(path) and (path / LCS558K_FILENAME).is_file()
     return not path.exists() and str(train_data).lower() == LCS558K_REPO_ID.lower()
 
 
@@ -139,16 +141,17 @@ def load_image_caption_dataset(
             "relative to its folder; a Hub dataset of pairs holds its images)."
         )
     elif path.is_dir():
-        if not any((path / name).exists() for name in ("metadata.jsonl", "metadata.csv", "metadata.parquet")):
+        if not _has_imagefolder_metadata(path):
             raise DataError(f"{path}: an imagefolder needs a metadata.jsonl (or .csv) with file_name and caption.")
         _check_imagefolder_metadata(path)
         dataset = datasets.load_dataset("imagefolder", data_dir=str(path), split=split, streaming=streaming)
-    elif path.suffix == ".jsonl" and path.is_file() and streaming:
-        dataset = datasets.load_dataset("json", data_files=str(path), split="train", streaming=True)
-        folder = str(image_root) if image_root is not None else str(path.parent)
-        dataset = dataset.map(lambda row: {image_column: _resolve_path(row.get(image_column), folder)})
     elif path.suffix == ".jsonl" and path.is_file():
-        dataset = _load_jsonl_pairs(path, image_column, image_root)
+        folder = str(image_root if image_root is not None else path.parent)  # what relative image paths start from
+        if streaming:
+            dataset = datasets.load_dataset("json", data_files=str(path), split="train", streaming=True)
+            dataset = dataset.map(lambda row: {image_column: _resolve_path(row.get(image_column), folder)})
+        else:
+            dataset = _load_jsonl_pairs(path, image_column, folder)
     elif path.suffix == ".json" and path.is_file():  # data_format="pairs"
         raise DataError(f"{path}: image–caption pairs are read from JSONL (a .jsonl file, one object per line); "
                         "a .json list is read as LCS-558K (data_format lcs558k or auto).")

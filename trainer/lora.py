@@ -105,8 +105,6 @@ def apply_lora(
         base.encoder.logit_scale.requires_grad_(True)
         # A fixed-temperature config (VISTA's default) detaches the scale in `get_logit_scale`; learning it was asked.
         base.config.learnable_temperature = True
-        if getattr(base, "logit_bias", None) is not None:  # the sigmoid loss's bias, a bare parameter too
-            base.logit_bias.requires_grad_(True)
     return peft_model
 
 

@@ -12,8 +12,10 @@ stages are kept (a rerun picks up where a stopped one ended); `--force` redoes t
 """
 
 import argparse
+import json
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -22,7 +24,7 @@ from pathlib import Path
 import yaml
 
 from .atomic import atomic_write_json, atomic_write_text
-from .cli import RECIPE_METADATA_KEY
+from .cli import RECIPE_METADATA_KEY, argument_names
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 # Names that expand to the recipes bundled with the package.
@@ -64,8 +66,6 @@ class Recipe:
 def load_recipe(path: str | Path) -> Recipe:
     """Read a recipe YAML; its `recipe:` block needs `backbone` and `variant`, and every other key must be a
     gcl-train argument."""
-    from .cli import DataArguments, GCLTrainingArguments, ModelArguments
-
     path = Path(path)
     try:
         with open(path, encoding="utf-8") as handle:
@@ -79,8 +79,7 @@ def load_recipe(path: str | Path) -> Recipe:
     missing = [key for key in ("backbone", "variant") if not isinstance(meta.get(key), str) or not meta[key]]
     if missing:
         raise RecipeError(f"{path}: the `recipe:` block needs {missing}.")
-    known = {name for cls in (ModelArguments, DataArguments, GCLTrainingArguments) for name in cls.__dataclass_fields__}
-    unknown = sorted(set(content) - known)
+    unknown = sorted(set(content) - argument_names())
     if unknown:
         raise RecipeError(f"{path}: unknown gcl-train argument(s) {unknown}.")
     return Recipe(path, meta["backbone"], meta["variant"], content, dict(meta.get("paper") or {}),
@@ -159,8 +158,6 @@ def merged_arguments(recipe: Recipe, overrides: dict, model_dir: Path) -> dict:
 
 
 def _read_settings(path: Path):
-    import json
-
     if not path.exists():
         return None
     with open(path, encoding="utf-8") as handle:
@@ -169,8 +166,6 @@ def _read_settings(path: Path):
 
 def _train(recipe: Recipe, arguments: dict, run_dir: Path, launcher: str | None, resume: bool) -> None:
     """Train from the merged arguments, written first to `run_dir/recipe.yaml` (the stage's record)."""
-    import shutil
-
     settings = run_dir / RUN_SETTINGS_FILE
     model_dir = Path(arguments["output_dir"])
     if not resume and model_dir.exists():

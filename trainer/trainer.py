@@ -8,6 +8,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
+from safetensors.torch import load_file
 from torch.utils.data import DataLoader, IterableDataset
 from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
@@ -286,8 +287,6 @@ class GCLTrainer(Trainer):
         # bias) must come back too, or a resumed run restarts them from their initial values.
         extras_path = os.path.join(resume_from_checkpoint, EXTRA_TRAINABLES_FILE)
         if hasattr(self.model, "peft_config") and os.path.exists(extras_path):
-            from safetensors.torch import load_file
-
             load_extra_trainables(self.model, load_file(extras_path), extras_path)
 
     def _save_checkpoint(self, model, trial):
