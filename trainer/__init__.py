@@ -3,8 +3,10 @@
 
 import modeling_gcl  # noqa: F401  (registers GCL with the Auto classes)
 
+from .version import __version__
+
 from .backbones import load_bundled_tiny_clip, load_model_and_processor
-from .collator import BadSampleError, GCLCollator
+from .data import BadSampleError, GCLCollator
 from .data import DataError, load_image_caption_dataset
 from .evaluation import encode_pairs, modality_matrix
 from .losses import CLIPLoss, GCLLoss, build_loss, clip_loss, gcl_loss
@@ -12,6 +14,7 @@ from .lora import apply_lora, load_lora_model, merge_lora, save_lora_adapter
 from .trainer import GCLTrainer, GCLTrainingArguments
 
 __all__ = [
+    "__version__",
     "BadSampleError",
     "CLIPLoss",
     "DataError",
