@@ -62,7 +62,7 @@ def sample_dataset():
 
 @pytest.fixture
 def sample_batch(processor, sample_dataset):
-    from trainer.collator import GCLCollator
+    from trainer.data import GCLCollator
 
     rows = [sample_dataset[i] for i in range(6)]
     return GCLCollator(processor)(rows)

@@ -12,7 +12,7 @@ from transformers import AutoModel, AutoProcessor
 
 from modeling_gcl import GCLModel, GCLProcessor
 from trainer.cli import FROM_SCRATCH_DEFAULTS, parse_arguments, run
-from trainer.collator import GCLCollator
+from trainer.data import GCLCollator
 from trainer.data import load_image_caption_dataset
 
 FAST = ["--max_steps", "3", "--per_device_train_batch_size", "16", "--eval_holdout", "16", "--save_strategy", "no",

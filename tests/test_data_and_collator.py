@@ -8,7 +8,7 @@ import PIL.Image
 import pytest
 import torch
 
-from trainer.collator import SKIPPED_SAMPLES_KEY, BadSampleError, GCLCollator, load_rgb_image
+from trainer.data import SKIPPED_SAMPLES_KEY, BadSampleError, GCLCollator, load_rgb_image
 from trainer.data import DataError, RowIndexedDataset, load_image_caption_dataset, split_holdout
 
 from .conftest import OPENCLIPART_DIR, requires_openclipart

@@ -11,10 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import trainer.lcs558k as lcs558k
-from trainer.collator import SKIPPED_SAMPLES_KEY, BadSampleError, GCLCollator
+import trainer.data.lcs558k as lcs558k
+from trainer.data import SKIPPED_SAMPLES_KEY, BadSampleError, GCLCollator
 from trainer.data import BUNDLED_SAMPLE_DIR, ROW_INDEX_KEY, DataError, load_image_caption_dataset, split_holdout
-from trainer.lcs558k import (
+from trainer.data.lcs558k import (
     LCS558K_FILENAME,
     load_lcs558k,
     read_json_array_objects,
@@ -389,7 +389,7 @@ def test_skip_bad_rows_counts_and_reports_them(tmp_path, caplog, streaming):
     elements[4]["conversations"][1]["value"] = 7
     del elements[4]["id"]
     path = write_elements(tmp_path / "rows.json", elements)
-    caplog.set_level(logging.WARNING, logger="trainer.lcs558k")
+    caplog.set_level(logging.WARNING, logger="trainer.data.lcs558k")
     dataset = load_image_caption_dataset(path, streaming=streaming, skip_bad_rows=True)
     if streaming:
         assert next(iter(dataset))[ROW_INDEX_KEY] == 0
@@ -454,7 +454,7 @@ def test_gcl_train_runs_on_an_lcs558k_file(sample_lcs, tmp_path, streaming):
 def test_rows_loaded_through_datasets_become_the_same_pairs(sample_lcs, streaming, tmp_path):
     """The Hub's LLaVA-Pretrain JSON read by `datasets.load_dataset` (its json builder, as for the Hub repository)
     gives the pairs that `load_lcs558k` reads from the file."""
-    from trainer.lcs558k import lcs558k_pairs
+    from trainer.data.lcs558k import lcs558k_pairs
 
     json_path, _ = sample_lcs
     images = json_path.parent

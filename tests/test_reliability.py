@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from modeling_gcl import GCLModel
 from trainer import GCLCollator, GCLTrainer, GCLTrainingArguments
 from trainer.atomic import atomic_write_json, staged_directory, staged_files
-from trainer.collator import BadSampleError, load_rgb_image, to_rgb
+from trainer.data import BadSampleError, load_rgb_image, to_rgb
 from trainer.data import DataError, load_image_caption_dataset, read_jsonl_objects
 from trainer.trainer import check_finite_parameters
 

@@ -9,7 +9,7 @@ from modeling_gcl import GCLModel
 from trainer import GCLTrainer, GCLTrainingArguments
 from trainer.cli import run
 from trainer.data import BUNDLED_SAMPLE_DIR, load_image_caption_dataset, split_holdout
-from trainer.samplers import UniqueGroupBatchSampler
+from trainer.data import UniqueGroupBatchSampler
 
 from .conftest import make_small_clip
 

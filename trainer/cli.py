@@ -19,7 +19,7 @@ from modeling_gcl import FUSION_MODES
 
 from .atomic import atomic_write_json, remove_stale_staging, staged_directory, staged_files
 from .backbones import load_model_and_processor
-from .collator import GCLCollator
+from .data import GCLCollator
 from .data import load_image_caption_dataset, split_holdout
 from .evaluation import ModalityMatrixEvaluator, encode_pairs, format_matrix, modality_matrix
 from .evaluation.callback import add_retrieval_evaluation

@@ -16,11 +16,11 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from modeling_gcl import ALL_LOSS_PAIRS
 
 from .atomic import STAGING_PREFIX, publish_directory, remove_stale_staging
-from .collator import SKIPPED_SAMPLES_KEY, GCLCollator
+from .data import SKIPPED_SAMPLES_KEY, GCLCollator
 from .data import RowIndexedDataset
 from .losses import DEFAULT_SIGMOID_BIAS_INIT, LOSSES, CachedLoss, build_loss
 from .lora import EXTRA_TRAINABLES_FILE, apply_lora, freeze_towers, load_extra_trainables, save_extra_trainables
-from .samplers import UniqueGroupBatchSampler
+from .data import UniqueGroupBatchSampler
 
 logger = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from modeling_gcl.modeling_gcl import l2_normalize
 
-from ..collator import BadSampleError, load_rgb_image
+from ..data import BadSampleError, load_rgb_image
 
 logger = logging.getLogger(__name__)
 

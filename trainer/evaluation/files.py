@@ -4,7 +4,7 @@
 import os
 from collections.abc import Iterator
 
-from .. import textfiles
+from ..data import textfiles
 
 
 class EvaluationDataError(ValueError):

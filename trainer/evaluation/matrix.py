@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from ..collator import GCLCollator
+from ..data import GCLCollator
 from .encoding import EmbeddingCache, GCLEmbedder, encode_aligned_pairs, evaluation_mode
 from .metrics import metrics_from_positive_ranks
 from .search import positive_ranks

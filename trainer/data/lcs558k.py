@@ -20,7 +20,8 @@ from pathlib import Path
 import datasets
 from huggingface_hub import hf_hub_download
 
-from .data import ROW_INDEX_KEY, DataError
+from .errors import DataError
+from .rows import ROW_INDEX_KEY
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ import numpy as np
 import PIL.Image
 import torch
 
-from .data import ROW_INDEX_KEY
+from .rows import ROW_INDEX_KEY
 
 # A batch key holding the messages of the samples skipped in it (with `skip_bad_samples=True`). It travels with the
 # batch, so counts survive dataloader worker processes; `GCLTrainer.compute_loss` pops it.

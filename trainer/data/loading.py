@@ -6,58 +6,18 @@ import os
 from pathlib import Path
 
 import datasets
-from torch.utils.data import Dataset as TorchDataset
 
-from . import textfiles
+from .errors import DataError
+from .imagefolder import check_imagefolder_metadata, has_imagefolder_metadata
+from .jsonl import load_jsonl_pairs, resolve_image_path
+from .lcs558k import LCS558K_FILENAME, LCS558K_REPO_ID, load_lcs558k, sniff_lcs558k
+from .rows import ROW_INDEX_KEY
 
-RESOURCES = Path(__file__).resolve().parent / "resources"
+RESOURCES = Path(__file__).resolve().parents[1] / "resources"
 BUNDLED_SAMPLE_DIR = RESOURCES / "openclipart_sample"
 BUNDLED_TINY_CLIP_DIR = RESOURCES / "tiny_clip"
 
-# The collator names bad rows by this index, which `RowIndexedDataset` adds to every example.
-ROW_INDEX_KEY = "gcl_row_index"
 DATA_FORMATS = ("auto", "pairs", "lcs558k")
-
-
-class DataError(ValueError):
-    """Training data that cannot be used as given; the message names the file, row or column."""
-
-
-def read_jsonl_objects(path: str | os.PathLike):
-    """Yield `(line_number, dict)` for each non-blank line of a JSONL file; invalid UTF-8, invalid JSON or a
-    non-object line raises `DataError` naming the file and line."""
-    return textfiles.read_jsonl_objects(path, DataError)
-
-
-def _check_imagefolder_metadata(folder: Path) -> None:
-    """Read an imagefolder's `metadata.jsonl` once, so a bad line is named here (file and line) instead of surfacing
-    as an opaque Arrow/JSON error inside `datasets`."""
-    metadata = folder / "metadata.jsonl"
-    if not metadata.exists():
-        return
-    for line_number, row in read_jsonl_objects(metadata):
-        if not isinstance(row.get("file_name"), str) or not row["file_name"]:
-            raise DataError(f"{metadata}:{line_number}: needs a non-empty string `file_name`, got {row.get('file_name')!r}.")
-
-
-def _has_imagefolder_metadata(folder: Path) -> bool:
-    return any((folder / name).exists() for name in ("metadata.jsonl", "metadata.csv", "metadata.parquet"))
-
-
-def _load_jsonl_pairs(path: Path, image_column: str, folder: str) -> datasets.Dataset:
-    """A JSONL file of `{image_column: path, caption_column: text, ...}` rows; relative image paths are taken
-    relative to `folder`."""
-    rows = []
-    for line_number, row in read_jsonl_objects(path):
-        if image_column in row:  # a missing column is reported below, for the whole file
-            row[image_column] = _resolve_path(row[image_column], folder)
-        rows.append(row)
-    if not rows:
-        raise DataError(f"{path}: no rows.")
-    try:
-        return datasets.Dataset.from_list(rows)
-    except Exception as error:  # pyarrow type clashes between rows
-        raise DataError(f"{path}: rows do not share one schema ({error}).") from error
 
 
 def _is_lcs558k(train_data, path: Path, data_format: str) -> bool:
@@ -66,8 +26,6 @@ def _is_lcs558k(train_data, path: Path, data_format: str) -> bool:
     Hub id."""
     if data_format != "auto":
         return data_format == "lcs558k"
-    from .lcs558k import LCS558K_FILENAME, LCS558K_REPO_ID, sniff_lcs558k
-
     if path.is_file() and path.suffix == ".json":
         reason = sniff_lcs558k(path)
         if reason is not None:  # the only JSON-list format read here; pairs go in JSONL
@@ -77,7 +35,7 @@ def _is_lcs558k(train_data, path: Path, data_format: str) -> bool:
             )
         return True
     if path.is_dir():
-        return not _has_imagefolder_metadata(path) and (path / LCS558K_FILENAME).is_file()
+        return not has_imagefolder_metadata(path) and (path / LCS558K_FILENAME).is_file()
     return not path.exists() and str(train_data).lower() == LCS558K_REPO_ID.lower()
 
 
@@ -101,7 +59,7 @@ def load_image_caption_dataset(
             - a directory in `imagefolder` layout (`metadata.jsonl` with `file_name` and `caption`);
             - a `.jsonl` file of rows with an image path (relative to the file) and a caption;
             - LCS-558K: LLaVA-Pretrain's `blip_laion_cc_sbu_558k.json` (a `.json` file, a folder holding it, or the
-              Hub repository `liuhaotian/LLaVA-Pretrain`), see `trainer.lcs558k`;
+              Hub repository `liuhaotian/LLaVA-Pretrain`), see `trainer.data.lcs558k`;
             - otherwise a Hub dataset name for `datasets.load_dataset`.
         image_column, caption_column (`str`): column names. An `imagefolder`'s `file_name` becomes `image`.
         split (`str`): the split to read.
@@ -128,8 +86,6 @@ def load_image_caption_dataset(
         train_data = BUNDLED_SAMPLE_DIR
     path = Path(train_data)
     if _is_lcs558k(train_data, path, data_format):
-        from .lcs558k import load_lcs558k
-
         if split != "train" or dataset_config_name is not None:
             raise DataError(f"{train_data}: LCS-558K is one file (split 'train', no configuration); got "
                             f"split={split!r}, dataset_config_name={dataset_config_name!r}.")
@@ -141,17 +97,17 @@ def load_image_caption_dataset(
             "relative to its folder; a Hub dataset of pairs holds its images)."
         )
     elif path.is_dir():
-        if not _has_imagefolder_metadata(path):
+        if not has_imagefolder_metadata(path):
             raise DataError(f"{path}: an imagefolder needs a metadata.jsonl (or .csv) with file_name and caption.")
-        _check_imagefolder_metadata(path)
+        check_imagefolder_metadata(path)
         dataset = datasets.load_dataset("imagefolder", data_dir=str(path), split=split, streaming=streaming)
     elif path.suffix == ".jsonl" and path.is_file():
         folder = str(image_root if image_root is not None else path.parent)  # what relative image paths start from
         if streaming:
             dataset = datasets.load_dataset("json", data_files=str(path), split="train", streaming=True)
-            dataset = dataset.map(lambda row: {image_column: _resolve_path(row.get(image_column), folder)})
+            dataset = dataset.map(lambda row: {image_column: resolve_image_path(row.get(image_column), folder)})
         else:
-            dataset = _load_jsonl_pairs(path, image_column, folder)
+            dataset = load_jsonl_pairs(path, image_column, folder)
     elif path.suffix == ".json" and path.is_file():  # data_format="pairs"
         raise DataError(f"{path}: image–caption pairs are read from JSONL (a .jsonl file, one object per line); "
                         "a .json list is read as LCS-558K (data_format lcs558k or auto).")
@@ -177,44 +133,3 @@ def load_image_caption_dataset(
     elif ROW_INDEX_KEY not in dataset.column_names:
         dataset = dataset.add_column(ROW_INDEX_KEY, list(range(len(dataset))))
     return dataset
-
-
-def _resolve_path(image, folder: str):
-    if isinstance(image, str) and not os.path.isabs(image):
-        return os.path.join(folder, image)
-    return image
-
-
-class RowIndexedDataset(TorchDataset):
-    """A map-style dataset whose examples also carry their row index (`gcl_row_index`), so a bad sample can be
-    named in an error message however the sampler shuffles."""
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> dict:
-        return {ROW_INDEX_KEY: index, **self.dataset[index]}  # a row's own (original) index wins
-
-    def __getattr__(self, name):  # column_names, features, ... of the wrapped dataset
-        if name == "dataset":
-            raise AttributeError(name)
-        return getattr(self.dataset, name)
-
-
-def split_holdout(dataset, holdout: int, seed: int) -> tuple:
-    """Split off `holdout` pairs (shuffled with `seed`) for before/after retrieval evaluation. A stream gives its first
-    `holdout` rows (in memory) and trains on the rest."""
-    if holdout <= 0:
-        return dataset, None
-    if isinstance(dataset, datasets.IterableDataset):
-        held = datasets.Dataset.from_list(list(dataset.take(holdout)))
-        if len(held) < holdout:
-            raise DataError(f"eval_holdout={holdout} leaves no training data (the stream has {len(held)} rows).")
-        return dataset.skip(holdout), held
-    if holdout >= len(dataset):
-        raise DataError(f"eval_holdout={holdout} leaves no training data ({len(dataset)} pairs).")
-    parts = dataset.train_test_split(test_size=holdout, seed=seed, shuffle=True)
-    return parts["train"], parts["test"]
