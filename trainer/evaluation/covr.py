@@ -22,9 +22,11 @@ from pathlib import Path
 
 import torch
 
+from .distributed import is_main_process
 from .encoding import EmbeddingCache, GCLEmbedder, RetrievalItem, encode_items, evaluation_mode
 from .files import EvaluationDataError, read_text
 from .metrics import metrics_from_positive_ranks
+from .search import TIE_DESCRIPTIONS, check_ties
 
 DEFAULT_COVR_METRICS = ("recall@1", "recall@5", "recall@10", "recall@50")
 REQUIRED_COLUMNS = ("pth1", "pth2", "edit")
@@ -52,13 +54,20 @@ class CoVREvaluator:
         frames_dir (`str`, *optional*): folder of per-video frame folders (default: `frames/` beside the CSV).
         max_frames (`int`, *optional*): frames per video (default: all).
         remove_self_similarity (`bool`, defaults to `True`): leave each query's own source video out of its ranking.
-        metrics, batch_size, cache_dir, show_progress: as in [`MBEIREvaluator`].
+        ties (`str`): `"pessimistic"` (default: a target scoring the same as the right one ranks ahead of it) or
+            `"optimistic"`. CoVR's own code takes a top-k sort, whose order among equal scores is unspecified.
+        metrics, batch_size, cache_dir, show_progress, distributed: as in [`MBEIREvaluator`].
     """
 
     def __init__(self, annotation_file: str | os.PathLike, frames_dir: str | os.PathLike | None = None,
                  max_frames: int | None = None, metrics: Sequence[str] = DEFAULT_COVR_METRICS, batch_size: int = 32,
                  cache_dir: str | os.PathLike | None = None, show_progress: bool = True, name: str = "covr",
-                 remove_self_similarity: bool = True):
+                 remove_self_similarity: bool = True, ties: str = "pessimistic", distributed: bool = False):
+        if max_frames is not None and (isinstance(max_frames, bool) or not isinstance(max_frames, int)
+                                       or max_frames < 1):
+            raise ValueError(f"max_frames must be a positive integer or None, got {max_frames!r}.")
+        self.ties = check_ties(ties)
+        self.distributed = distributed
         self.remove_self_similarity = remove_self_similarity
         self.annotation_file = Path(annotation_file)
         if not self.annotation_file.is_file():
@@ -76,8 +85,8 @@ class CoVREvaluator:
         missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
             raise EvaluationDataError(f"{self.annotation_file}: missing column(s) {missing}; has {reader.fieldnames}.")
-        for line, row in enumerate(reader, start=2):  # line 1 is the header
-            where = f"{self.annotation_file}:{line}"
+        for row in reader:
+            where = f"{self.annotation_file}:{reader.line_num}"  # the file's line (a quoted field may span lines)
             edit = (row["edit"] or "").strip()
             if not edit:
                 raise EvaluationDataError(f"{where}: empty edit text.")
@@ -100,23 +109,29 @@ class CoVREvaluator:
         return queries, targets, torch.tensor(positives), torch.tensor(source_targets)
 
     def __call__(self, model=None, processor=None, embedder=None) -> dict:
-        """Returns `{"results": {"covr": {"recall@1": ...}}, "num_queries", "num_targets"}`."""
+        """Returns `{"results": {"covr": {"recall@1": ...}}, "num_queries", "num_targets", "ties"}` (`None` on ranks
+        other than 0 when distributed)."""
         embedder = embedder if embedder is not None else GCLEmbedder(model, processor)
         with evaluation_mode(getattr(embedder, "model", None)):
             queries = encode_items(embedder, self.queries, self.batch_size, "Encoding CoVR queries", self.show_progress,
-                                   self.cache)
+                                   self.cache, distributed=self.distributed)
             targets = encode_items(embedder, self.targets, self.batch_size, "Encoding CoVR target videos",
-                                   self.show_progress, self.cache)
+                                   self.show_progress, self.cache, distributed=self.distributed)
+        if self.distributed and not is_main_process():
+            return None
         excluded = self.source_targets if self.remove_self_similarity else torch.full_like(self.source_targets, -1)
-        ranks = positive_ranks_excluding(queries, targets, self.positives, excluded)
+        ranks = positive_ranks_excluding(queries, targets, self.positives, excluded, ties=self.ties)
         return {"results": {"covr": metrics_from_positive_ranks(ranks, self.metrics)},
-                "num_queries": len(self.queries), "num_targets": len(self.targets)}
+                "num_queries": len(self.queries), "num_targets": len(self.targets),
+                "ties": TIE_DESCRIPTIONS[self.ties]}
 
 
 def positive_ranks_excluding(queries: torch.Tensor, candidates: torch.Tensor, positives: torch.Tensor,
-                             excluded: torch.Tensor, query_chunk_size: int = 1024) -> torch.Tensor:
+                             excluded: torch.Tensor, query_chunk_size: int = 1024,
+                             ties: str = "pessimistic") -> torch.Tensor:
     r"""
-    0-based rank of each query's positive (strictly higher scores only), with at most one candidate per query left out.
+    0-based rank of each query's positive (the other candidates scoring higher, or the same under
+    `ties="pessimistic"`), with at most one candidate per query left out.
 
     Args:
         queries (`torch.Tensor` of shape `(num_queries, dim)`), candidates (`torch.Tensor` of shape `(num_targets, dim)`)
@@ -134,5 +149,7 @@ def positive_ranks_excluding(queries: torch.Tensor, candidates: torch.Tensor, po
         skip = excluded[start : start + query_chunk_size]
         has_skip = skip >= 0
         scores[rows[has_skip], skip[has_skip]] = float("-inf")
-        ranks.append((scores > positive_scores).sum(dim=1))
+        ahead = scores >= positive_scores if ties == "pessimistic" else scores > positive_scores
+        ahead[rows, positives[start : start + query_chunk_size]] = False  # the positive itself
+        ranks.append(ahead.sum(dim=1))
     return torch.cat(ranks)

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from modeling_gcl.modeling_gcl import l2_normalize
 
 from ..data import BadSampleError, load_rgb_image
+from . import distributed as sharding
 
 logger = logging.getLogger(__name__)
 
@@ -238,11 +239,34 @@ class EmbeddingCache:
         key = hashlib.blake2b(f"{model_fingerprint}|{data_fingerprint}|{kind}".encode(), digest_size=20).hexdigest()
         return self.directory / f"{kind}-{key}.pt"
 
-    def load(self, path: Path) -> torch.Tensor | None:
+    def load(self, path: Path, expected_shape: tuple[int | None, ...] | None = None) -> torch.Tensor | None:
+        """The cached tensor, or `None` when there is none, or when the entry is damaged (truncated, not a tensor, or
+        not of `expected_shape`, where `None` matches any size): it is then deleted, with a warning, and recomputed."""
         if not path.is_file():
             return None
+        try:
+            cached = torch.load(path, map_location="cpu", weights_only=True)
+            problem = None
+            if not isinstance(cached, torch.Tensor) or not cached.is_floating_point():
+                problem = f"holds a {type(cached).__name__}, not a float tensor"
+            elif expected_shape is not None and (
+                cached.dim() != len(expected_shape)
+                or any(want is not None and have != want for have, want in zip(cached.shape, expected_shape))
+            ):
+                problem = f"has shape {tuple(cached.shape)}, expected {expected_shape}"
+            elif not bool(torch.isfinite(cached).all()):
+                problem = "holds NaN or infinite values"
+        except Exception as error:  # a truncated zip, bytes that are no torch file, a pickle that weights_only refuses
+            problem = f"cannot be read ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
+        if problem is not None:
+            logger.warning("Embedding cache entry %s %s: recomputing it.", path, problem)
+            try:
+                path.unlink()
+            except OSError:
+                pass
+            return None
         logger.info("Embedding cache hit: %s", path)
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return cached
 
     def save(self, path: Path, embeddings: torch.Tensor) -> None:
         from ..atomic import atomic_write
@@ -292,6 +316,25 @@ def _embed_batch(embedder, batch: Sequence[RetrievalItem]) -> torch.Tensor:
     return l2_normalize(torch.stack(outputs).float().cpu())
 
 
+def _check_batch_size(batch_size) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    return batch_size
+
+
+def _cached(cache: EmbeddingCache | None, path, expected_shape, distributed: bool) -> torch.Tensor | None:
+    """A cache hit only if every process has one (so all of them skip, or all join the encoding's collectives)."""
+    cached = cache.load(path, expected_shape) if cache is not None else None
+    if distributed and not sharding.agree(cached is not None):
+        return None
+    return cached
+
+
+def _save_cache(cache: EmbeddingCache | None, path, embeddings: torch.Tensor) -> None:
+    if cache is not None and sharding.is_main_process():
+        cache.save(path, embeddings)
+
+
 def encode_items(
     embedder,
     items: Sequence[RetrievalItem],
@@ -299,6 +342,7 @@ def encode_items(
     description: str = "Encoding",
     show_progress: bool = True,
     cache: EmbeddingCache | None = None,
+    distributed: bool = False,
 ) -> torch.Tensor:
     r"""
     Embed `items` of any modality in batches.
@@ -307,32 +351,56 @@ def encode_items(
         embedder: a `GCLEmbedder` (or anything with `image_features`, `text_features`, `fuse` and `fingerprint`).
         items (`Sequence[RetrievalItem]`): what to embed.
         batch_size (`int`): items per forward pass.
-        cache ([`EmbeddingCache`], *optional*): reuse embeddings of the same model and data from disk.
+        cache ([`EmbeddingCache`], *optional*): reuse embeddings of the same model and data from disk (a damaged
+            entry is recomputed).
+        distributed (`bool`): split the batches across the processes of the default `torch.distributed` group
+            (every process must call this with the same items) and all-gather the result (see `distributed.py`).
 
     Returns:
-        `torch.Tensor` of shape `(len(items), dim)`, L2-normalised float32 on the CPU.
+        `torch.Tensor` of shape `(len(items), dim)`, L2-normalised float32 on the CPU (on every process).
     """
     if not items:
         raise ValueError(f"{description}: nothing to encode (empty list of items).")
-    cache_path = None
-    if cache is not None:
-        cache_path = cache.path(embedder.fingerprint, items_fingerprint(items), "items")
-        cached = cache.load(cache_path)
-        if cached is not None:
-            return cached
-    chunks = []
-    for start in tqdm(range(0, len(items), batch_size), desc=description, disable=not show_progress, leave=False):
-        batch = items[start : start + batch_size]
-        try:
-            chunks.append(_embed_batch(embedder, batch))
-        except BadSampleError as error:  # name the data rows as well as the image file
-            sources = [item.source for item in batch if item.source]
-            where = f" (items {sources[0]} .. {sources[-1]})" if sources else ""
-            raise BadSampleError(f"{description}{where}: {error}") from None
-    embeddings = torch.cat(chunks)
-    if cache_path is not None:
-        cache.save(cache_path, embeddings)
+    _check_batch_size(batch_size)
+    cache_path = cache.path(embedder.fingerprint, items_fingerprint(items), "items") if cache is not None else None
+    cached = _cached(cache, cache_path, (len(items), None), distributed)
+    if cached is not None:
+        return cached
+    starts = sharding.my_batches(len(items), batch_size) if distributed else range(0, len(items), batch_size)
+    show_progress = show_progress and sharding.is_main_process()
+    chunks, failure = [], None
+    try:
+        for start in tqdm(starts, desc=description, disable=not show_progress, leave=False):
+            batch = items[start : start + batch_size]
+            try:
+                chunks.append(_embed_batch(embedder, batch))
+            except BadSampleError as error:  # name the data rows as well as the image file
+                sources = [item.source for item in batch if item.source]
+                where = f" (items {sources[0]} .. {sources[-1]})" if sources else ""
+                raise BadSampleError(f"{description}{where}: {error}") from None
+    except Exception as error:
+        failure = error
+    if distributed:
+        sharding.raise_if_any_failed(failure)
+        embeddings = sharding.gather_batches(torch.cat(chunks) if chunks else None, len(items), batch_size)
+    elif failure is not None:
+        raise failure
+    else:
+        embeddings = torch.cat(chunks)
+    _save_cache(cache, cache_path, embeddings)
     return embeddings
+
+
+def _pinpoint_bad_image(images: Sequence, start: int, rows: Sequence | None, error: BadSampleError) -> str:
+    """The message of the first image of a failed batch that does not load, naming its row (the data's own row
+    number when `rows` gives it, else the position)."""
+    for offset, image in enumerate(images):
+        row = rows[start + offset] if rows is not None else start + offset
+        try:
+            load_rgb_image(image, row=row)
+        except BadSampleError as named:
+            return str(named)
+    return str(error)
 
 
 def encode_aligned_pairs(
@@ -342,32 +410,51 @@ def encode_aligned_pairs(
     batch_size: int = 64,
     show_progress: bool = True,
     cache: EmbeddingCache | None = None,
+    distributed: bool = False,
+    rows: Sequence[int] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Embed image–caption pairs as `i`, `t` and `it` with one image pass and one text pass per batch; returns
-    `{"i", "t", "it"}`, each `(num_pairs, dim)` L2-normalised on the CPU."""
+    `{"i", "t", "it"}`, each `(num_pairs, dim)` L2-normalised on the CPU. `distributed` splits the batches across
+    processes as in `encode_items`; `rows` (the data's row numbers) name a bad image's row in the error."""
     if len(images) != len(captions):
         raise ValueError(f"{len(images)} images but {len(captions)} captions.")
     if not len(images):
         raise ValueError("encode_aligned_pairs: no pairs to encode.")
+    _check_batch_size(batch_size)
     cache_path = None
     if cache is not None:
         items = [RetrievalItem(text=caption, image=image) for image, caption in zip(images, captions)]
         cache_path = cache.path(embedder.fingerprint, items_fingerprint(items), "pairs")
-        cached = cache.load(cache_path)
-        if cached is not None:
-            return dict(zip(MODALITIES, cached.unbind(0)))
-    chunks = {modality: [] for modality in MODALITIES}
-    for start in tqdm(range(0, len(images), batch_size), desc="Encoding pairs", disable=not show_progress, leave=False):
-        image_features = embedder.image_features(images[start : start + batch_size])
-        text_features = embedder.text_features(captions[start : start + batch_size])
-        chunks["i"].append(l2_normalize(image_features).cpu())
-        chunks["t"].append(l2_normalize(text_features).cpu())
-        if getattr(embedder, "token_fusion", False):  # VISTA: a third pass, image tokens inside the text encoder
-            fused = embedder.fused_features(images[start : start + batch_size], captions[start : start + batch_size])
-        else:
-            fused = embedder.fuse(image_features, text_features)
-        chunks["it"].append(l2_normalize(fused).cpu())
-    embeds = {modality: torch.cat(parts).float() for modality, parts in chunks.items()}
-    if cache_path is not None:
-        cache.save(cache_path, torch.stack([embeds[m] for m in MODALITIES]))
-    return embeds
+    cached = _cached(cache, cache_path, (len(MODALITIES), len(images), None), distributed)
+    if cached is not None:
+        return dict(zip(MODALITIES, cached.unbind(0)))
+    starts = sharding.my_batches(len(images), batch_size) if distributed else range(0, len(images), batch_size)
+    show_progress = show_progress and sharding.is_main_process()
+    chunks, failure = {modality: [] for modality in MODALITIES}, None
+    try:
+        for start in tqdm(starts, desc="Encoding pairs", disable=not show_progress, leave=False):
+            batch_images = images[start : start + batch_size]
+            try:
+                image_features = embedder.image_features(batch_images)
+            except BadSampleError as error:
+                raise BadSampleError(_pinpoint_bad_image(batch_images, start, rows, error)) from None
+            text_features = embedder.text_features(captions[start : start + batch_size])
+            chunks["i"].append(l2_normalize(image_features).cpu())
+            chunks["t"].append(l2_normalize(text_features).cpu())
+            if getattr(embedder, "token_fusion", False):  # VISTA: a third pass, image tokens inside the text encoder
+                fused = embedder.fused_features(batch_images, captions[start : start + batch_size])
+            else:
+                fused = embedder.fuse(image_features, text_features)
+            chunks["it"].append(l2_normalize(fused).cpu())
+    except Exception as error:
+        failure = error
+    if distributed:
+        sharding.raise_if_any_failed(failure)
+        local = torch.stack([torch.cat(chunks[m]).float() for m in MODALITIES]) if chunks["i"] else None
+        stacked = sharding.gather_batches(local, len(images), batch_size, item_dim=1)
+    elif failure is not None:
+        raise failure
+    else:
+        stacked = torch.stack([torch.cat(chunks[m]).float() for m in MODALITIES])
+    _save_cache(cache, cache_path, stacked)
+    return dict(zip(MODALITIES, stacked.unbind(0)))

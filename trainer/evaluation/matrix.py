@@ -10,10 +10,11 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from ..data import GCLCollator
+from ..data import ROW_INDEX_KEY, GCLCollator
+from .distributed import is_main_process
 from .encoding import EmbeddingCache, GCLEmbedder, encode_aligned_pairs, evaluation_mode
 from .metrics import metrics_from_positive_ranks
-from .search import positive_ranks
+from .search import TIE_DESCRIPTIONS, check_ties, positive_ranks
 
 # (query modality, candidate modality) for the six cross-modal cells, in the order they are reported.
 CROSS_MODAL_CELLS = (("t", "i"), ("i", "t"), ("t", "it"), ("i", "it"), ("it", "t"), ("it", "i"))
@@ -55,26 +56,30 @@ def encode_pairs(
     return {key: torch.cat(value) for key, value in chunks.items()}
 
 
-def aligned_metrics(queries: torch.Tensor, candidates: torch.Tensor, metrics: Sequence[str]) -> dict[str, float]:
+def aligned_metrics(queries: torch.Tensor, candidates: torch.Tensor, metrics: Sequence[str],
+                    ties: str = "pessimistic") -> dict[str, float]:
     """Metrics (in %) for queries `(n, d)` whose relevant candidate is the candidate of the same row `(n, d)`.
-    Ties are broken in the query's favour (only strictly higher scores rank above the positive)."""
-    ranks = positive_ranks(queries, candidates, torch.arange(queries.shape[0]))
+    `ties="pessimistic"` (default): a candidate scoring the same as the positive ranks ahead of it, so a collapsed
+    model scores 0; `"optimistic"`: only strictly higher scores do."""
+    ranks = positive_ranks(queries, candidates, torch.arange(queries.shape[0]), ties=ties)
     return metrics_from_positive_ranks(ranks, metrics)
 
 
-def aligned_hits_at_k(queries: torch.Tensor, candidates: torch.Tensor, ks: Sequence[int]) -> dict[str, float]:
-    """`hit@k` (in %) for queries `(n, d)` whose relevant candidate is the candidate of the same row `(n, d)`.
-    Ties are broken in the query's favour (only strictly higher scores rank above the positive)."""
-    return aligned_metrics(queries, candidates, [f"hit@{k}" for k in ks])
+def aligned_hits_at_k(queries: torch.Tensor, candidates: torch.Tensor, ks: Sequence[int],
+                      ties: str = "pessimistic") -> dict[str, float]:
+    """`hit@k` (in %) for queries `(n, d)` whose relevant candidate is the candidate of the same row `(n, d)`; `ties`
+    as in `aligned_metrics`."""
+    return aligned_metrics(queries, candidates, [f"hit@{k}" for k in ks], ties=ties)
 
 
 def modality_matrix(
-    embeds: dict[str, torch.Tensor], ks: Sequence[int] = (1, 5, 10), metrics: Sequence[str] | None = None
+    embeds: dict[str, torch.Tensor], ks: Sequence[int] = (1, 5, 10), metrics: Sequence[str] | None = None,
+    ties: str = "pessimistic",
 ) -> dict[str, dict[str, float]]:
     """The six cross-modal cells: `{"t2i": {"hit@1": ..., ...}, "i2t": ..., ...}`. `metrics` (e.g.
-    `DEFAULT_MATRIX_METRICS`) replaces the default `hit@k` for `k` in `ks`."""
+    `DEFAULT_MATRIX_METRICS`) replaces the default `hit@k` for `k` in `ks`; `ties` as in `aligned_metrics`."""
     metrics = list(metrics) if metrics is not None else [f"hit@{k}" for k in ks]
-    return {f"{q}2{c}": aligned_metrics(embeds[q], embeds[c], metrics) for q, c in CROSS_MODAL_CELLS}
+    return {f"{q}2{c}": aligned_metrics(embeds[q], embeds[c], metrics, ties) for q, c in CROSS_MODAL_CELLS}
 
 
 def modality_gap(embeds: dict[str, torch.Tensor]) -> dict[str, dict[str, float]]:
@@ -116,6 +121,10 @@ class ModalityMatrixEvaluator:
         batch_size (`int`): pairs per forward pass.
         cache_dir (`str`, *optional*): an `EmbeddingCache` directory.
         name (`str`): the prefix of logged metrics (`eval_{name}/t2i/hit@1`).
+        ties (`str`): `"pessimistic"` (default) or `"optimistic"`, see `aligned_metrics`.
+        distributed (`bool`): split the encoding across the processes of the default `torch.distributed` group
+            (all of them must call the evaluator); rank 0 returns the results, the others `None`.
+        source (`str`, *optional*): what the data is called in error messages (a file or folder).
     """
 
     def __init__(
@@ -128,14 +137,33 @@ class ModalityMatrixEvaluator:
         cache_dir: str | None = None,
         show_progress: bool = True,
         name: str = "matrix",
+        ties: str = "pessimistic",
+        distributed: bool = False,
+        source: str | None = None,
     ):
-        rows = dataset[:] if hasattr(dataset, "column_names") else {
-            column: [row[column] for row in dataset] for column in (image_column, caption_column)
-        }
+        columns = (image_column, caption_column)
+        if hasattr(dataset, "column_names"):
+            present = set(dataset.column_names)
+            rows = dataset[:] if present >= set(columns) else {}
+        else:
+            present = set.intersection(*(set(row) for row in dataset)) if len(dataset) else set(columns)
+            rows = {column: [row[column] for row in dataset] for column in columns} if present >= set(columns) else {}
+            if ROW_INDEX_KEY in present:
+                rows[ROW_INDEX_KEY] = [row[ROW_INDEX_KEY] for row in dataset]
+        prefix = f"{source}: " if source else ""
+        if not present >= set(columns):
+            raise ValueError(f"{prefix}missing column(s) {sorted(set(columns) - present)}; has {sorted(present)}.")
+        # The data's own row numbers (gcl_row_index survives hold-out splits) name bad rows in errors.
+        self.rows = list(rows[ROW_INDEX_KEY]) if ROW_INDEX_KEY in rows else None
         self.images = list(rows[image_column])
-        self.captions = [_checked_caption(caption, row) for row, caption in enumerate(rows[caption_column])]
+        self.captions = [
+            _checked_caption(caption, self.rows[position] if self.rows else position, prefix)
+            for position, caption in enumerate(rows[caption_column])
+        ]
         if not self.images:
-            raise ValueError("ModalityMatrixEvaluator: the dataset is empty.")
+            raise ValueError(f"{prefix}ModalityMatrixEvaluator: the dataset is empty.")
+        self.ties = check_ties(ties)
+        self.distributed = distributed
         self.metrics = tuple(metrics)
         self.batch_size = batch_size
         self.cache = EmbeddingCache(cache_dir) if cache_dir else None
@@ -143,23 +171,27 @@ class ModalityMatrixEvaluator:
         self.name = name
         self.last_embeddings = None
 
-    def __call__(self, model=None, processor=None, embedder=None) -> dict:
-        """Returns `{"results": {cell: {metric: value}}, "modality_gap": {...}, "num_pairs": n}`; the embeddings are
-        kept in `self.last_embeddings` for plots."""
+    def __call__(self, model=None, processor=None, embedder=None) -> dict | None:
+        """Returns `{"results": {cell: {metric: value}}, "modality_gap": {...}, "num_pairs": n, "ties": ...}` (on rank
+        0 when distributed; `None` elsewhere); the embeddings are kept in `self.last_embeddings` for plots."""
         embedder = embedder if embedder is not None else GCLEmbedder(model, processor)
         with evaluation_mode(getattr(embedder, "model", None)):
             embeds = encode_aligned_pairs(
-                embedder, self.images, self.captions, self.batch_size, self.show_progress, self.cache
+                embedder, self.images, self.captions, self.batch_size, self.show_progress, self.cache,
+                distributed=self.distributed, rows=self.rows,
             )
         self.last_embeddings = embeds
+        if self.distributed and not is_main_process():
+            return None
         return {
-            "results": modality_matrix(embeds, metrics=self.metrics),
+            "results": modality_matrix(embeds, metrics=self.metrics, ties=self.ties),
             "modality_gap": modality_gap(embeds),
             "num_pairs": len(self.captions),
+            "ties": TIE_DESCRIPTIONS[self.ties],
         }
 
 
-def _checked_caption(caption, row: int) -> str:
+def _checked_caption(caption, row: int, prefix: str = "") -> str:
     if not isinstance(caption, str) or not caption.strip():
-        raise ValueError(f"row {row}: caption {caption!r} is empty or not a string.")
+        raise ValueError(f"{prefix}row {row}: caption {caption!r} is empty or not a string.")
     return caption.strip()

@@ -25,10 +25,11 @@ from pathlib import Path
 
 import torch
 
+from .distributed import is_main_process
 from .encoding import EmbeddingCache, GCLEmbedder, RetrievalItem, encode_items, evaluation_mode
 from .files import EvaluationDataError, optional_text, read_jsonl, read_text_lines, resolve_image
-from .metrics import max_cutoff, metrics_from_rankings
-from .search import search_top_k
+from .metrics import max_cutoff, metrics_from_rankings, metrics_from_relevant_ranks
+from .search import TIE_DESCRIPTIONS, check_ties, relevant_ranks, search_top_k
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +134,13 @@ def load_queries(path: str | os.PathLike, image_root: str | os.PathLike, check_i
         text = optional_text(row.get("query_txt"), where, "query_txt") if "t" in modality else None
         image = resolve_image(row.get("query_img_path"), image_root, f"{where} (qid {qid})", check_images) if "i" in modality else None
         _check_modality_fields(modality, text, image, f"{where} (qid {qid})")
-        queries.append(MBEIRQuery(qid, text, image, modality, list(row.get("pos_cand_list") or []), where))
+        positives = row.get("pos_cand_list")
+        if positives is None:
+            positives = []
+        if not isinstance(positives, list) or not all(isinstance(did, str) and did for did in positives):
+            raise EvaluationDataError(f"{where} (qid {qid}): pos_cand_list must be a list of candidate ids (strings), "
+                                      f"got {positives!r}.")
+        queries.append(MBEIRQuery(qid, text, image, modality, positives, where))
     if not queries:
         raise EvaluationDataError(f"{path}: no queries.")
     return queries
@@ -195,6 +202,9 @@ def load_instructions(path: str | os.PathLike) -> dict[tuple[str, str, str], lis
         where = f"{path}:{line_number}"
         key = (parts[3].strip(), parse_modality(parts[0], where), parse_modality(parts[1], where))
         instructions[key] = [prompt.strip() for prompt in parts[4:] if prompt.strip()]
+    if not instructions:
+        raise EvaluationDataError(f"{path}: no instructions (a header line, then one tab-separated line per dataset "
+                                  "and modality pair).")
     return instructions
 
 
@@ -306,6 +316,12 @@ class MBEIREvaluator:
         batch_size (`int`), cache_dir (`str`, *optional*), show_progress (`bool`): encoding options.
         search_backend (`str`): `"torch"` (exact, blocked) or `"faiss"`; `search_options` go to it.
         check_images (`bool`): check every image file exists while reading (default `True`).
+        ties (`str`): `"pessimistic"` (default: a candidate scoring the same as a relevant one ranks ahead of it) or
+            `"optimistic"`. With the torch backend the metrics come from the exact rank of every relevant candidate
+            in the whole pool; with FAISS, from its top-k list, with equal scores inside it ordered the same way.
+        distributed (`bool`): split the encoding across the processes of the default `torch.distributed` group (all
+            of them must call the evaluator); rank 0 scores and writes run files and returns the results, the others
+            return `None`.
     """
 
     def __init__(
@@ -326,8 +342,12 @@ class MBEIREvaluator:
         search_options: dict | None = None,
         check_images: bool = True,
         name: str = "mbeir",
+        ties: str = "pessimistic",
+        distributed: bool = False,
     ):
         self.root = Path(root)
+        self.ties = check_ties(ties)
+        self.distributed = distributed
         unknown_pools = set(pools) - {"local", "global"}
         if unknown_pools or not pools:
             raise ValueError(f"pools must be 'local' and/or 'global', got {list(pools)}.")
@@ -383,35 +403,55 @@ class MBEIREvaluator:
     def _embed_pool(self, embedder, pool: CandidatePool, cache: dict) -> torch.Tensor:
         if pool.path not in cache:
             cache[pool.path] = encode_items(embedder, pool.items, self.batch_size, f"Encoding {pool.path.name}",
-                                            self.show_progress, self.cache)
+                                            self.show_progress, self.cache, distributed=self.distributed)
         return cache[pool.path]
+
+    def _metrics(self, query_embeddings, pool_embeddings, pool, queries, qrels, rankings, scores) -> dict:
+        judged = [{did: grade for did, grade in qrels.relevance[q.qid].items() if grade > 0} for q in queries]
+        if self.search_backend == "torch":  # exact: every relevant candidate's rank in the whole pool
+            relevant = [[pool.index[did] for did in grades] for grades in judged]
+            ranks = relevant_ranks(query_embeddings, pool_embeddings, relevant, ties=self.ties)
+            gains = [torch.tensor(list(grades.values()), dtype=torch.float64) for grades in judged]
+            return metrics_from_relevant_ranks(ranks, gains, self.metrics, ties=self.ties)
+        ordered = [_order_ties(ranking, row, grades, self.ties)
+                   for ranking, row, grades in zip(rankings, scores.tolist(), judged)]
+        return metrics_from_rankings(ordered, [qrels.relevance[q.qid] for q in queries], self.metrics,
+                                     query_ids=[q.qid for q in queries])
 
     def __call__(self, model=None, processor=None, embedder=None, run_dir: str | os.PathLike | None = None) -> dict:
         """Returns `{"results": {task: {"local/hit@5": ...}}, "summary": [...], "average": {...}}`; with `run_dir`,
         also writes TREC run files `run_dir/{pool}/{task}.trec` (`qid Q0 did rank score run`)."""
         embedder = embedder if embedder is not None else GCLEmbedder(model, processor)
         results, summary, pool_embeddings = {}, [], {}
+        main = is_main_process() or not self.distributed
         with evaluation_mode(getattr(embedder, "model", None)):
             for task in self.tasks:
                 queries, qrels = self.load_task(task)
                 items = [query_item(query, self.instruction_for(query, task)) for query in queries]
                 query_embeddings = encode_items(embedder, items, self.batch_size, f"Encoding {task.name} queries",
-                                                self.show_progress, self.cache)
+                                                self.show_progress, self.cache, distributed=self.distributed)
                 task_results = {}
                 for pool_name in self.pools:
                     pool = self._pool(task.local_pool_file if pool_name == "local" else self.global_pool_file)
-                    scores, indices = search_top_k(query_embeddings, self._embed_pool(embedder, pool, pool_embeddings),
-                                                   self.depth, self.search_backend, **self.search_options)
+                    candidates = self._embed_pool(embedder, pool, pool_embeddings)
+                    if not main:  # the other processes only help encode
+                        continue
+                    scores, indices = search_top_k(query_embeddings, candidates, self.depth, self.search_backend,
+                                                   **self.search_options)
                     rankings = [[pool.dids[i] for i in row] for row in indices.tolist()]
-                    values = metrics_from_rankings(rankings, [qrels.relevance[q.qid] for q in queries], self.metrics,
-                                                   query_ids=[q.qid for q in queries])
+                    values = self._metrics(query_embeddings, candidates, pool, queries, qrels, rankings, scores)
                     task_results.update({f"{pool_name}/{metric}": value for metric, value in values.items()})
                     if run_dir is not None:
                         write_trec_run(Path(run_dir) / pool_name / f"{task.name}.trec", queries, rankings, scores,
                                        run_name=self.name)
-                results[task.name] = task_results
-                summary.append(self._summary_row(task, task_results, len(queries)))
-        return {"results": results, "summary": summary, "average": self._average(summary)}
+                if main:
+                    results[task.name] = task_results
+                    summary.append(self._summary_row(task, task_results, len(queries)))
+        if not main:
+            return None
+        return {"results": results, "summary": summary, "average": self._average(summary),
+                "ties": TIE_DESCRIPTIONS[self.ties] + ("" if self.search_backend == "torch" else
+                                                       " (within FAISS's top-k list)")}
 
     def _summary_row(self, task: MBEIRTask, values: dict, num_queries: int) -> dict:
         k = uniir_k(task.dataset)
@@ -429,6 +469,14 @@ class MBEIREvaluator:
             if values:
                 average[key] = sum(values) / len(values)
         return average
+
+
+def _order_ties(ranking: list[str], scores: list[float], relevant: dict[str, float], ties: str) -> list[str]:
+    """Re-order candidates of equal score in a retrieved list by the tie convention: relevant ones (lowest grade first)
+    after the others when pessimistic, before them (highest grade first) when optimistic."""
+    sign = 1 if ties == "pessimistic" else -1
+    order = sorted(range(len(ranking)), key=lambda j: (-scores[j], sign * relevant.get(ranking[j], 0.0), j))
+    return [ranking[j] for j in order]
 
 
 def write_trec_run(path: Path, queries: Sequence[MBEIRQuery], rankings: Sequence[Sequence[str]],

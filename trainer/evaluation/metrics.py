@@ -12,7 +12,10 @@ Names follow the GCL spec (§5), since the field mixes them up:
 - `ndcg@k`: DCG@k / ideal DCG@k with gain = the graded relevance and discount log2(rank + 1) (trec_eval's
   `ndcg_cut`).
 
-Every value is returned in percent (0–100), as retrieval papers report them.
+Every value is returned in percent (0–100), as retrieval papers report them, computed in float64.
+
+Ties: the evaluators rank a relevant candidate behind every candidate that scores the same ("pessimistic", see
+`search.TIES`), except MMEB, which keeps its official argmax over the listed candidates (the positive listed first).
 """
 
 import math
@@ -78,11 +81,12 @@ def ranking_metrics(
         top = relevant[:, :k]
         if kind == "hit":
             values = top.any(dim=1).to(torch.float64)
-        elif kind == "recall":
-            values = top.sum(dim=1) / num_relevant
+        elif kind == "recall":  # counts are integers: divide in float64, not torch's default float32
+            values = top.sum(dim=1).to(torch.float64) / num_relevant.to(torch.float64)
         elif kind == "mrr":
             first_rank = torch.where(top.any(dim=1), top.to(torch.int8).argmax(dim=1) + 1, 0)  # 1-based, 0 = none
-            values = torch.where(first_rank > 0, 1.0 / first_rank.clamp(min=1), 0.0).to(torch.float64)
+            first_rank = first_rank.to(torch.float64)
+            values = torch.where(first_rank > 0, 1.0 / first_rank.clamp(min=1), 0.0)
         else:  # ndcg
             gains = ranked_gains[:, :k]
             dcg = (gains * _discounts(gains.shape[1])).sum(dim=1)
@@ -105,6 +109,44 @@ def metrics_from_positive_ranks(
     inside = ranks < depth
     ranked_gains[inside.nonzero().squeeze(1), ranks[inside]] = 1.0
     return ranking_metrics(ranked_gains, torch.ones(len(ranks), 1), metrics, reduce=reduce)
+
+
+def metrics_from_relevant_ranks(
+    ranks: Sequence[torch.Tensor],
+    gains: Sequence[torch.Tensor],
+    metrics: Sequence[str],
+    ties: str = "pessimistic",
+    reduce: bool = True,
+) -> dict[str, float | torch.Tensor]:
+    r"""
+    Metrics for queries with several relevant candidates, from `search.relevant_ranks`.
+
+    Args:
+        ranks: per query, `(num_relevant, 2)`: the non-relevant candidates ahead of each relevant one, and the
+            relevant ones ahead of it (both under the tie convention that produced them).
+        gains: per query, `(num_relevant,)` relevance grades (> 0), in the same order.
+        ties (`str`): the convention `ranks` were counted with; relevant candidates tied with each other are then
+            ordered lowest grade first (`"pessimistic"`) or highest first (`"optimistic"`).
+
+    A relevant candidate's 0-based position is the non-relevant ones ahead of it plus the relevant ones placed before
+    it: the ranking a full sort with that tie rule would give.
+    """
+    if len(ranks) != len(gains):
+        raise ValueError(f"{len(ranks)} rank lists but {len(gains)} gain lists.")
+    depth = max_cutoff(metrics)
+    width = max((len(g) for g in gains), default=1)
+    ranked_gains = torch.zeros(len(ranks), depth, dtype=torch.float64)
+    ideal_gains = torch.zeros(len(ranks), width, dtype=torch.float64)
+    sign = 1.0 if ties == "pessimistic" else -1.0
+    for row, (counts, grades) in enumerate(zip(ranks, gains)):
+        grades = grades.to(torch.float64)
+        order = sorted(range(len(grades)), key=lambda j: (int(counts[j, 1]), sign * float(grades[j])))
+        for placed, j in enumerate(order):
+            position = int(counts[j, 0]) + placed
+            if position < depth:
+                ranked_gains[row, position] = grades[j]
+        ideal_gains[row, : len(grades)] = grades.sort(descending=True).values
+    return ranking_metrics(ranked_gains, ideal_gains, metrics, reduce=reduce)
 
 
 def metrics_from_rankings(

@@ -15,20 +15,24 @@ from pathlib import Path
 
 import torch
 
+from .distributed import is_main_process
 from .encoding import EmbeddingCache, GCLEmbedder, RetrievalItem, encode_items, evaluation_mode
 from .files import EvaluationDataError, read_jsonl, resolve_image
 from .metrics import metrics_from_positive_ranks
-from .search import listwise_positive_ranks
+from .search import TIE_DESCRIPTIONS, TIES, check_ties, listwise_positive_ranks
 
 DEFAULT_MMEB_METRICS = ("hit@1", "hit@5", "mrr@10")
 _IMAGE_TOKEN = re.compile(r"<\|image_\d+\|>|<image>")
 
 
-def clean_text(value) -> str | None:
-    """Drop image placeholder tokens and surrounding space; empty -> `None`."""
+def clean_text(value, where: str | None = None, field: str = "text") -> str | None:
+    """Drop image placeholder tokens and surrounding space; empty -> `None`. A value that is not a string (a number,
+    a list, ...) raises, naming `where` and `field`, instead of being embedded as its Python repr."""
     if value is None:
         return None
-    text = _IMAGE_TOKEN.sub(" ", str(value))
+    if not isinstance(value, str):
+        raise EvaluationDataError(f"{where or 'MMEB row'}: {field} is a {type(value).__name__}, expected a string or null.")
+    text = _IMAGE_TOKEN.sub(" ", value)
     text = " ".join(text.split())
     return text or None
 
@@ -57,7 +61,11 @@ def _read_rows(path: Path):
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        for row_number, row in enumerate(pq.read_table(path).to_pylist(), start=1):
+        try:
+            rows = pq.read_table(path).to_pylist()
+        except Exception as error:  # a truncated or foreign file: pyarrow's own error names neither file nor cause
+            raise EvaluationDataError(f"{path}: not a readable parquet file ({type(error).__name__}: {error}).") from None
+        for row_number, row in enumerate(rows, start=1):
             yield f"{path}:row {row_number}", row
     else:
         for line, row in read_jsonl(path):
@@ -81,7 +89,7 @@ class MMEBSubset:
                                               "length (the candidate list, positive first).")
                 entries = []
                 for position, (text, image) in enumerate(zip(texts, images)):
-                    item = RetrievalItem(text=clean_text(text),
+                    item = RetrievalItem(text=clean_text(text, f"{where} candidate {position}", "tgt_text"),
                                          image=resolve_image(image, image_root, f"{where} candidate {position}", check_images))
                     if item.text is None and item.image is None:
                         raise EvaluationDataError(f"{where}: candidate {position} has neither text nor image.")
@@ -93,17 +101,17 @@ class MMEBSubset:
                 lists.append(entries)
         if not self.queries:
             raise EvaluationDataError(f"{files[0]}: subset {name!r} has no rows.")
-        lengths = {len(entries) for entries in lists}
-        width = max(lengths)
-        # Pad short lists with their own positive: a copy of the positive never outranks it (ties go to the query).
+        width = max(len(entries) for entries in lists)
+        # Short lists are padded (with their own positive); `list_lengths` marks the padding, which never ranks.
         self.candidate_lists = torch.tensor([entries + [entries[0]] * (width - len(entries)) for entries in lists])
+        self.list_lengths = torch.tensor([len(entries) for entries in lists])
 
     @staticmethod
     def _query(row: dict, where: str, image_root: Path, instruction: str | None, check_images: bool) -> RetrievalItem:
         if "qry_text" not in row and "qry_img_path" not in row:
             raise EvaluationDataError(f"{where}: missing qry_text / qry_img_path; the row has {sorted(row)}.")
-        text = clean_text(row.get("qry_text"))
-        prefix = instruction if instruction is not None else clean_text(row.get("instruction"))
+        text = clean_text(row.get("qry_text"), where, "qry_text")
+        prefix = instruction if instruction is not None else clean_text(row.get("instruction"), where, "instruction")
         if prefix:
             text = f"{prefix} {text}" if text else prefix
         image = resolve_image(row.get("qry_img_path"), image_root, f"{where} query", check_images)
@@ -129,14 +137,18 @@ class MMEBEvaluator:
         image_root (`str`, *optional*): what image paths are relative to (default `root`).
         instruction (`str`, *optional*): a fixed instruction prepended to every query text (default: the row's own
             `instruction` field if it has one, else none).
-        metrics, batch_size, cache_dir, show_progress, check_images: as in [`MBEIREvaluator`].
+        ties (`str`): `"first_listed"` (default, MMEB's official scorer: `argmax` over the query's candidate list,
+            whose first entry is the positive, so an equal score does not rank above it), or `"pessimistic"`.
+        metrics, batch_size, cache_dir, show_progress, check_images, distributed: as in [`MBEIREvaluator`].
     """
 
     def __init__(self, root: str | os.PathLike, subsets: Sequence[str] | None = None,
                  image_root: str | os.PathLike | None = None, instruction: str | None = None,
                  metrics: Sequence[str] = DEFAULT_MMEB_METRICS, batch_size: int = 64,
                  cache_dir: str | os.PathLike | None = None, show_progress: bool = True, check_images: bool = True,
-                 name: str = "mmeb"):
+                 name: str = "mmeb", ties: str = "first_listed", distributed: bool = False):
+        self.ties = check_ties(ties, TIES)
+        self.distributed = distributed
         self.root = Path(root)
         if not self.root.is_dir():
             raise EvaluationDataError(f"{self.root}: no such folder.")
@@ -148,19 +160,26 @@ class MMEBEvaluator:
         self.cache = EmbeddingCache(cache_dir) if cache_dir else None
 
     def __call__(self, model=None, processor=None, embedder=None) -> dict:
-        """Returns `{"results": {subset: {metric: value}}, "summary": [...], "average": {metric: value}}`."""
+        """Returns `{"results": {subset: {metric: value}}, "summary": [...], "average": {metric: value}, "ties"}`
+        (`None` on ranks other than 0 when distributed)."""
         embedder = embedder if embedder is not None else GCLEmbedder(model, processor)
         results, summary = {}, []
         with evaluation_mode(getattr(embedder, "model", None)):
             for subset in self.subsets:
                 queries = encode_items(embedder, subset.queries, self.batch_size, f"Encoding {subset.name} queries",
-                                       self.show_progress, self.cache)
+                                       self.show_progress, self.cache, distributed=self.distributed)
                 candidates = encode_items(embedder, subset.candidates, self.batch_size,
-                                          f"Encoding {subset.name} candidates", self.show_progress, self.cache)
-                ranks = listwise_positive_ranks(queries, candidates, subset.candidate_lists)
+                                          f"Encoding {subset.name} candidates", self.show_progress, self.cache,
+                                          distributed=self.distributed)
+                if self.distributed and not is_main_process():
+                    continue
+                ranks = listwise_positive_ranks(queries, candidates, subset.candidate_lists, ties=self.ties,
+                                                list_lengths=subset.list_lengths)
                 results[subset.name] = metrics_from_positive_ranks(ranks, self.metrics)
                 summary.append({"subset": subset.name, "modalities": subset.modalities,
                                 "num_queries": len(subset.queries), "list_length": subset.candidate_lists.shape[1],
                                 **results[subset.name]})
+        if self.distributed and not is_main_process():
+            return None
         average = {metric: sum(r[metric] for r in results.values()) / len(results) for metric in self.metrics}
-        return {"results": results, "summary": summary, "average": average}
+        return {"results": results, "summary": summary, "average": average, "ties": TIE_DESCRIPTIONS[self.ties]}

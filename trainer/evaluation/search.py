@@ -6,11 +6,35 @@ candidate_chunk_size` at a time and merges each block's top k into a running top
 block plus `queries × k`. `FaissIndex` (the optional `faiss` extra) does the same search with FAISS, exact (`Flat`)
 or approximate (any `index_factory` string), for pools too large to scan repeatedly.
 
-Tie order among equal scores is unspecified here; evaluators that need a deterministic answer for the positive use
-`positive_ranks`, which counts only strictly higher scores (ties go to the query).
+Tie order among equal scores is unspecified in `exact_top_k`; the metrics never depend on it. They come from
+`positive_ranks` / `relevant_ranks`, which rank each relevant candidate under a stated tie convention (`TIES`):
+
+- `"pessimistic"` (the default everywhere): every candidate that scores *the same* as a relevant one ranks ahead of
+  it, so a collapsed model (all embeddings equal) scores 0, never 100;
+- `"optimistic"`: only strictly higher scores rank ahead (ties go to the query), the old behaviour;
+- `"first_listed"`: MMEB's official scorer (`argmax` over the query's own candidate list, the positive listed first):
+  a tie goes to whichever candidate is listed first.
 """
 
 import torch
+
+TIES = ("pessimistic", "optimistic", "first_listed")
+TIE_DESCRIPTIONS = {
+    "pessimistic": "pessimistic: a candidate scoring the same as a relevant one ranks ahead of it",
+    "optimistic": "optimistic: only strictly higher scores rank ahead of a relevant candidate",
+    "first_listed": "MMEB's official argmax: a tie goes to the candidate listed first (the positive)",
+}
+
+
+def check_ties(ties: str, allowed: tuple[str, ...] = ("pessimistic", "optimistic")) -> str:
+    if ties not in allowed:
+        raise ValueError(f"ties={ties!r}; expected one of {list(allowed)}.")
+    return ties
+
+
+def _ahead(block_scores: torch.Tensor, reference: torch.Tensor, ties: str) -> torch.Tensor:
+    """How many scores of each row of `block_scores` rank ahead of `reference` `(rows, 1)` under `ties`."""
+    return (block_scores >= reference if ties == "pessimistic" else block_scores > reference).sum(dim=1)
 
 
 def exact_top_k(
@@ -62,11 +86,12 @@ def positive_ranks(
     positive_indices: torch.Tensor,
     query_chunk_size: int = 1024,
     candidate_chunk_size: int = 16384,
+    ties: str = "pessimistic",
 ) -> torch.Tensor:
     r"""
-    The 0-based rank of each query's single relevant candidate: how many candidates score strictly higher (ties are
-    broken in the query's favour). Blocked like `exact_top_k` (two passes over the pool when it spans several
-    candidate blocks).
+    The 0-based rank of each query's single relevant candidate: how many other candidates rank ahead of it under
+    `ties` (`"pessimistic"`: those scoring higher or equal; `"optimistic"`: strictly higher). Blocked like
+    `exact_top_k` (two passes over the pool when it spans several candidate blocks).
 
     Args:
         queries (`torch.Tensor` of shape `(num_queries, dim)`)
@@ -78,6 +103,7 @@ def positive_ranks(
     """
     if candidates.shape[0] == 0:
         raise ValueError("positive_ranks: the candidate pool is empty.")
+    check_ties(ties)
     positive_indices = positive_indices.to(torch.long)
     ranks = []
     for q_start in range(0, queries.shape[0], query_chunk_size):
@@ -99,13 +125,78 @@ def positive_ranks(
         for c_start in blocks:
             block_scores = cached_block if cached_block is not None else (
                 query_block @ candidates[c_start : c_start + candidate_chunk_size].T)
-            above += (block_scores > positive_scores).sum(dim=1)
-        ranks.append(above)
+            above += _ahead(block_scores, positive_scores, ties)
+        # A pessimistic count includes the positive itself (its score equals itself).
+        ranks.append(above - 1 if ties == "pessimistic" else above)
     return torch.cat(ranks)
 
 
+def relevant_ranks(
+    queries: torch.Tensor,
+    candidates: torch.Tensor,
+    relevant: list[list[int]],
+    query_chunk_size: int = 256,
+    candidate_chunk_size: int = 16384,
+    ties: str = "pessimistic",
+) -> list[torch.Tensor]:
+    r"""
+    For queries with several relevant candidates: how many candidates that are *not* relevant rank ahead of each
+    relevant one (scoring higher, or the same under `ties="pessimistic"`), without a full score matrix.
+
+    Args:
+        queries (`torch.Tensor` of shape `(num_queries, dim)`), candidates (`torch.Tensor` of shape `(pool, dim)`)
+        relevant (`list[list[int]]`): per query, the indices of its relevant candidates (at least one).
+
+    Returns:
+        Per query, `(num_relevant, 2)` long tensor: column 0 the count of non-relevant candidates ahead, column 1 the
+        count of *relevant* ones ahead under the same rule (itself excluded), so the caller can order the relevant
+        ones among themselves. Scores of the relevant candidates are read from the same products they are compared
+        with.
+    """
+    if candidates.shape[0] == 0:
+        raise ValueError("relevant_ranks: the candidate pool is empty.")
+    check_ties(ties)
+    results = []
+    blocks = range(0, candidates.shape[0], candidate_chunk_size)
+    for q_start in range(0, queries.shape[0], query_chunk_size):
+        query_block = queries[q_start : q_start + query_chunk_size]
+        lists = relevant[q_start : q_start + query_chunk_size]
+        width = max(len(entries) for entries in lists)
+        # (q, width) padded with the first relevant index; `valid` marks the real entries.
+        index = torch.tensor([entries + [entries[0]] * (width - len(entries)) for entries in lists], dtype=torch.long)
+        valid = torch.tensor([[True] * len(entries) + [False] * (width - len(entries)) for entries in lists])
+        own = torch.empty(index.shape, dtype=query_block.dtype)
+        for c_start in blocks:
+            block_scores = query_block @ candidates[c_start : c_start + candidate_chunk_size].T
+            inside = (index >= c_start) & (index < c_start + block_scores.shape[1])
+            rows = torch.arange(index.shape[0]).unsqueeze(1).expand_as(index)
+            own[inside] = block_scores[rows[inside], index[inside] - c_start]
+        ahead_all = torch.zeros(index.shape, dtype=torch.long)
+        for c_start in blocks:
+            block_scores = query_block @ candidates[c_start : c_start + candidate_chunk_size].T  # (q, c)
+            for column in range(width):
+                ahead_all[:, column] += _ahead(block_scores, own[:, column : column + 1], ties)
+        # Relevant candidates ahead of each relevant one (same rule), from their own scores.
+        compare = own.unsqueeze(1) >= own.unsqueeze(2) if ties == "pessimistic" else own.unsqueeze(1) > own.unsqueeze(2)
+        compare &= valid.unsqueeze(1)  # (q, self, other)
+        relevant_ahead = compare.sum(dim=2)
+        if ties == "pessimistic":  # both counts include the relevant candidate itself
+            relevant_ahead -= 1
+            ahead_all -= 1
+        for row, entries in enumerate(lists):
+            count = len(entries)
+            non_relevant = ahead_all[row, :count] - relevant_ahead[row, :count]
+            results.append(torch.stack([non_relevant, relevant_ahead[row, :count]], dim=1))
+    return results
+
+
 def listwise_positive_ranks(
-    queries: torch.Tensor, candidates: torch.Tensor, candidate_lists: torch.Tensor, query_chunk_size: int = 256
+    queries: torch.Tensor,
+    candidates: torch.Tensor,
+    candidate_lists: torch.Tensor,
+    query_chunk_size: int = 256,
+    ties: str = "first_listed",
+    list_lengths: torch.Tensor | None = None,
 ) -> torch.Tensor:
     r"""
     Rank of the *first* entry of each query's own candidate list (MMEB's layout: the positive first).
@@ -114,15 +205,24 @@ def listwise_positive_ranks(
         queries (`torch.Tensor` of shape `(num_queries, dim)`)
         candidates (`torch.Tensor` of shape `(num_candidates, dim)`): every distinct candidate.
         candidate_lists (`torch.LongTensor` of shape `(num_queries, list_length)`): indices into `candidates`.
+        ties (`str`): `"first_listed"` (MMEB's argmax: only strictly higher scores rank above the positive, which is
+            listed first), `"pessimistic"` (an equal score ranks above it too) or `"optimistic"` (= first_listed).
+        list_lengths (`torch.LongTensor` of shape `(num_queries,)`, *optional*): the real length of each list; the
+            entries past it are padding and never rank above the positive.
 
     Returns:
-        `torch.LongTensor` of shape `(num_queries,)`: how many list entries score strictly above the first.
+        `torch.LongTensor` of shape `(num_queries,)`.
     """
+    check_ties(ties, TIES)
     ranks = []
     for start in range(0, queries.shape[0], query_chunk_size):
         lists = candidate_lists[start : start + query_chunk_size]  # (q, L)
         scores = torch.einsum("qd,qld->ql", queries[start : start + query_chunk_size], candidates[lists])
-        ranks.append((scores > scores[:, :1]).sum(dim=1))
+        ahead = scores >= scores[:, :1] if ties == "pessimistic" else scores > scores[:, :1]
+        ahead[:, 0] = False  # the positive itself
+        if list_lengths is not None:
+            ahead &= torch.arange(lists.shape[1]) < list_lengths[start : start + query_chunk_size, None]
+        ranks.append(ahead.sum(dim=1))
     return torch.cat(ranks)
 
 
