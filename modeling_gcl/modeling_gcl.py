@@ -145,6 +145,15 @@ class GCLPreTrainedModel(PreTrainedModel):
             init.ones_(module.weight)
             init.zeros_(module.bias)
 
+    def save_pretrained(self, save_directory, is_main_process: bool = True, **kwargs):
+        super().save_pretrained(save_directory, is_main_process=is_main_process, **kwargs)
+        if is_main_process:
+            # modules.json & co., so the folder also loads with `SentenceTransformer(folder, trust_remote_code=True)`.
+            # That module imports sentence-transformers; this writer does not (sentence_transformers_files.py).
+            from .sentence_transformers_files import write_sentence_transformers_files
+
+            write_sentence_transformers_files(save_directory)
+
 
 class GCLModel(GCLPreTrainedModel):
     r"""
