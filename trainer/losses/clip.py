@@ -18,6 +18,7 @@ from torch import nn
 
 from .distributed import all_gather_columns_with_grad
 from .gcl import _at_least_float32, _temperature_as_tensor
+from .tiled import check_tile_size, resolve_tile_size, softmax_contrastive_loss
 
 
 def clip_loss(
@@ -25,6 +26,7 @@ def clip_loss(
     text_embeds: torch.Tensor,
     temperature: float | torch.Tensor,
     gather_across_devices: bool = False,
+    tile_size: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     r"""
     Symmetric InfoNCE: `(CE(S, diag) + CE(Sᵀ, diag)) / 2` with `S = E_i·E_tᵀ / τ`.
@@ -34,6 +36,8 @@ def clip_loss(
         temperature (`float` or scalar `torch.Tensor`): τ.
         gather_across_devices (`bool`, defaults to `False`): under `torch.distributed`, score the local anchors against
             the other modality of all processes (gathered with gradient).
+        tile_size (`int`, *optional*): compute each N × N softmax in tiles (exact; memory linear in N, see
+            `trainer/losses/tiled.py`). Default: untiled up to 16,384 candidates, tiles of 4,096 above.
 
     Returns:
         `(loss, {"loss_i2t": ..., "loss_t2i": ...})`, computed in float32 (float64 for float64 inputs).
@@ -45,10 +49,18 @@ def clip_loss(
     else:
         all_images, all_texts, offset = image_embeds, text_embeds, 0
     device = image_embeds.device
+    shared = all_images is image_embeds and all_texts is text_embeds  # one process: candidates are the anchors
     with torch.autocast(device_type=device.type, enabled=False):
         image_embeds, text_embeds = _at_least_float32(image_embeds), _at_least_float32(text_embeds)
         all_images, all_texts = _at_least_float32(all_images), _at_least_float32(all_texts)
         temperature = _temperature_as_tensor(temperature, image_embeds)
+        tile_size = resolve_tile_size(tile_size, all_texts.shape[0])
+        if tile_size is not None:  # blocks (image, text): each modality's rows span the other modality only
+            loss, (loss_i2t, loss_t2i) = softmax_contrastive_loss(
+                (image_embeds, text_embeds), (image_embeds, text_embeds) if shared else (all_images, all_texts),
+                offset, temperature, spans=((1,), (0,)), pairs=((0, 1, 1.0), (1, 0, 1.0)), tile_size=tile_size,
+            )
+            return loss, {"loss_i2t": loss_i2t, "loss_t2i": loss_t2i}
         targets = offset + torch.arange(image_embeds.shape[0], device=device)
         loss_i2t = F.cross_entropy(image_embeds @ all_texts.T / temperature, targets)
         loss_t2i = F.cross_entropy(text_embeds @ all_images.T / temperature, targets)
@@ -61,9 +73,11 @@ class CLIPLoss(nn.Module):
 
     name = "clip"
 
-    def __init__(self, gather_across_devices: bool = True):
+    def __init__(self, gather_across_devices: bool = True, tile_size: int | None = None):
         super().__init__()
         self.gather_across_devices = gather_across_devices
+        self.tile_size = check_tile_size(tile_size)
 
     def forward(self, image_embeds, text_embeds, fused_embeds, temperature):
-        return clip_loss(image_embeds, text_embeds, temperature, gather_across_devices=self.gather_across_devices)
+        return clip_loss(image_embeds, text_embeds, temperature, gather_across_devices=self.gather_across_devices,
+                         tile_size=self.tile_size)

@@ -26,6 +26,7 @@ from torch import nn
 from modeling_gcl.configuration_gcl import ALL_LOSS_PAIRS, MODALITIES, check_loss_modalities, split_pair
 
 from .distributed import all_gather_columns_with_grad
+from .tiled import check_tile_size, resolve_tile_size, softmax_contrastive_loss
 
 
 def _at_least_float32(embeds: torch.Tensor) -> torch.Tensor:
@@ -88,6 +89,7 @@ def gcl_loss(
     exclude_other_positive: bool = False,
     gather_across_devices: bool = False,
     modalities: Sequence[str] | None = None,
+    tile_size: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     r"""
     The GCL loss of one batch of pairs.
@@ -111,6 +113,10 @@ def gcl_loss(
         modalities (`Sequence[str]`, *optional*):
             The modalities the softmax spans (all of `i, t, it` by default). `("i", "t")` with pairs `i2t, t2i` is
             the 2N × 2N image–text matrix with the anchor masked: CL plus intra-modality separation (an ablation).
+        tile_size (`int`, *optional*):
+            Compute the logits in tiles of `tile_size × tile_size` (the exact loss and gradients with memory linear in
+            N; see `trainer/losses/tiled.py`). Default: untiled up to `AUTO_TILE_CANDIDATES` (16,384) columns, tiles
+            of `DEFAULT_TILE_SIZE` (4,096) above.
 
     Returns:
         `(loss, terms)`: the scalar loss (float32, or float64 for float64 inputs) and `{"loss_i2t": ..., ...}`, each
@@ -121,7 +127,7 @@ def gcl_loss(
     )
     return gcl_loss_from_candidates(
         anchors, candidates, offset, temperature, pairs=pairs, weights=weights,
-        exclude_other_positive=exclude_other_positive, modalities=modalities,
+        exclude_other_positive=exclude_other_positive, modalities=modalities, tile_size=tile_size,
     )
 
 
@@ -134,6 +140,7 @@ def gcl_loss_from_candidates(
     weights: Sequence[float] | None = None,
     exclude_other_positive: bool = False,
     modalities: Sequence[str] | None = None,
+    tile_size: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     r"""
     GCL of local anchors against a (possibly larger) candidate set that contains them.
@@ -145,48 +152,28 @@ def gcl_loss_from_candidates(
 
     The logits are `[E_i; E_t; E_it] · [C_i; C_t; C_it]ᵀ / τ` (3B × 3M). Row `(a, j)` masks its own column
     `a·M + offset + j`; its positive for pair `a2b` is column `b·M + offset + j`. With `modalities`, only those
-    blocks are stacked (`a`, `b` then index the kept modalities).
+    blocks are stacked (`a`, `b` then index the kept modalities). The loss is computed by the exact kernel of
+    `trainer/losses/tiled.py` (hand-written backward; tiled with `tile_size`).
     """
     pairs, weights = _resolve_pairs(pairs, weights)
     modalities = check_loss_modalities(MODALITIES if modalities is None else modalities, pairs)
     kept = [MODALITIES.index(m) for m in modalities]
-    anchors, candidates = [anchors[m] for m in kept], [candidates[m] for m in kept]
+    shared = candidates is anchors or all(c is a for c, a in zip(candidates, anchors))
     num_blocks = len(kept)
-    num_anchors, num_candidates = anchors[0].shape[0], candidates[0].shape[0]
-    device = anchors[0].device
     # Logits and softmax in float32 even under bf16/fp16 autocast: τ = 0.01–0.05 overflows half precision.
-    with torch.autocast(device_type=device.type, enabled=False):
-        anchor_matrix = _at_least_float32(torch.cat(anchors))  # (3B, dim), or (2B, dim) for two modalities
-        candidate_matrix = _at_least_float32(torch.cat(candidates))  # (3M, dim)
-        logits = anchor_matrix @ candidate_matrix.T / _temperature_as_tensor(temperature, anchor_matrix)
-
-        sample = torch.arange(num_anchors, device=device)
-
-        def columns(modality: int) -> torch.Tensor:  # the column of sample j of `modality`, for every local j
-            return modality * num_candidates + offset + sample
-
-        # Mask each anchor's own column in place: `logits` is a fresh tensor no backward needs (a full boolean mask
-        # and masked_fill would cost two more 3B × 3M passes).
-        anchor_rows = torch.arange(num_blocks * num_anchors, device=device)
-        logits[anchor_rows, torch.cat([columns(m) for m in range(num_blocks)])] = float("-inf")
-        log_probs = None if exclude_other_positive else logits.log_softmax(dim=1)
-
-        terms = {}
-        for name in pairs:
+    with torch.autocast(device_type=anchors[0].device.type, enabled=False):
+        anchors = [_at_least_float32(anchors[m]) for m in kept]
+        candidates = anchors if shared else [_at_least_float32(candidates[m]) for m in kept]
+        pair_blocks = []
+        for name, weight in zip(pairs, weights):
             anchor, positive = split_pair(name)
-            a, b = modalities.index(anchor), modalities.index(positive)
-            rows = a * num_anchors + sample
-            if exclude_other_positive:
-                row_logits = logits[rows].clone()
-                for other in set(range(num_blocks)) - {a, b}:  # the third modality, when the softmax spans it
-                    row_logits[sample, columns(other)] = float("-inf")
-                term = -(row_logits[sample, columns(b)] - row_logits.logsumexp(dim=1)).mean()
-            else:
-                term = -log_probs[rows, columns(b)].mean()
-            terms[f"loss_{name}"] = term
-
-        loss = sum(w * terms[f"loss_{name}"] for name, w in zip(pairs, weights)) / sum(weights)
-    return loss, {key: value.detach() for key, value in terms.items()}
+            pair_blocks.append((modalities.index(anchor), modalities.index(positive), weight))
+        loss, terms = softmax_contrastive_loss(
+            anchors, candidates, offset, _temperature_as_tensor(temperature, anchors[0]),
+            spans=[range(num_blocks)] * num_blocks, pairs=pair_blocks, exclude_other_positive=exclude_other_positive,
+            tile_size=resolve_tile_size(tile_size, num_blocks * candidates[0].shape[0]),
+        )
+    return loss, {f"loss_{name}": term for name, term in zip(pairs, terms)}
 
 
 class GCLLoss(nn.Module):
@@ -201,9 +188,11 @@ class GCLLoss(nn.Module):
         exclude_other_positive: bool = False,
         gather_across_devices: bool = True,
         modalities: Sequence[str] | None = None,
+        tile_size: int | None = None,
     ):
         super().__init__()
         self.pairs, self.weights = _resolve_pairs(pairs, weights)
+        self.tile_size = check_tile_size(tile_size)
         self.modalities = check_loss_modalities(MODALITIES if modalities is None else modalities, self.pairs)
         self.exclude_other_positive = exclude_other_positive
         self.gather_across_devices = gather_across_devices
@@ -219,11 +208,12 @@ class GCLLoss(nn.Module):
             exclude_other_positive=self.exclude_other_positive,
             gather_across_devices=self.gather_across_devices,
             modalities=self.modalities,
+            tile_size=self.tile_size,
         )
 
     def extra_repr(self) -> str:
         return (
             f"pairs={self.pairs}, weights={self.weights}, modalities={self.modalities}, "
             f"exclude_other_positive={self.exclude_other_positive}, "
-            f"gather_across_devices={self.gather_across_devices}"
+            f"gather_across_devices={self.gather_across_devices}, tile_size={self.tile_size}"
         )

@@ -30,6 +30,8 @@ from torch import nn
 from modeling_gcl.configuration_gcl import MODALITIES, split_pair
 
 from .gcl import _at_least_float32, _resolve_pairs, _temperature_as_tensor, anchors_and_candidates
+from .tiled import check_tile_size, resolve_tile_size
+from .tiled_sigmoid import tiled_sigmoid_loss
 
 # SigLIP's initial bias; a pretrained CLIP keeps its own logit scale (≈ 100) as the initial 1/τ.
 DEFAULT_SIGMOID_BIAS_INIT = -10.0
@@ -43,6 +45,7 @@ def gcl_sigmoid_loss(
     logit_bias: float | torch.Tensor,
     pairs: Sequence[str] | None = None,
     gather_across_devices: bool = False,
+    tile_size: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     r"""
     The sigmoid GCL loss of one batch of pairs.
@@ -58,6 +61,8 @@ def gcl_sigmoid_loss(
         gather_across_devices (`bool`, defaults to `False`):
             Under `torch.distributed`, the local anchors are scored against every process's items (gathered with
             gradient), as `gcl_loss` does.
+        tile_size (`int`, *optional*): compute the cells in tiles (exact; memory linear in N, see
+            `trainer/losses/tiled_sigmoid.py`). Default: untiled up to 16,384 columns, tiles of 4,096 above.
 
     Returns:
         `(loss, terms)`: the scalar loss (float32, or float64 for float64 inputs) and the detached named terms.
@@ -65,7 +70,8 @@ def gcl_sigmoid_loss(
     anchors, candidates, offset = anchors_and_candidates(
         image_embeds, text_embeds, fused_embeds, gather_across_devices, "gcl_sigmoid_loss"
     )
-    return gcl_sigmoid_loss_from_candidates(anchors, candidates, offset, temperature, logit_bias, pairs=pairs)
+    return gcl_sigmoid_loss_from_candidates(anchors, candidates, offset, temperature, logit_bias, pairs=pairs,
+                                            tile_size=tile_size)
 
 
 def gcl_sigmoid_loss_from_candidates(
@@ -75,6 +81,7 @@ def gcl_sigmoid_loss_from_candidates(
     temperature: float | torch.Tensor,
     logit_bias: float | torch.Tensor,
     pairs: Sequence[str] | None = None,
+    tile_size: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     r"""
     Sigmoid GCL of local anchors `(E_i, E_t, E_it)`, each `(B, dim)`, against candidates `(C_i, C_t, C_it)`, each
@@ -84,6 +91,18 @@ def gcl_sigmoid_loss_from_candidates(
     pairs, _ = _resolve_pairs(pairs, None)
     num_anchors, num_candidates = anchors[0].shape[0], candidates[0].shape[0]
     device = anchors[0].device
+    tile_size = resolve_tile_size(tile_size, 3 * num_candidates)
+    if tile_size is not None:
+        shared = candidates is anchors or all(c is a for c, a in zip(candidates, anchors))
+        with torch.autocast(device_type=device.type, enabled=False):
+            anchors = [_at_least_float32(x) for x in anchors]
+            candidates = anchors if shared else [_at_least_float32(x) for x in candidates]
+            pair_blocks = [tuple(MODALITIES.index(m) for m in split_pair(name)) for name in pairs]
+            loss, terms = tiled_sigmoid_loss(
+                anchors, candidates, offset, _temperature_as_tensor(temperature, anchors[0]),
+                _temperature_as_tensor(logit_bias, anchors[0]), pair_blocks, tile_size,
+            )
+        return loss, {**{f"loss_{name}": term for name, term in zip(pairs, terms)}, "loss_negatives": terms[-1]}
     with torch.autocast(device_type=device.type, enabled=False):  # float32 logits, as in gcl_loss
         anchor_matrix = _at_least_float32(torch.cat(list(anchors)))  # (3B, dim)
         candidate_matrix = _at_least_float32(torch.cat(list(candidates)))  # (3M, dim)
@@ -124,10 +143,12 @@ class GCLSigmoidLoss(nn.Module):
     name = "gcl_sigmoid"
     uses_logit_bias = True
 
-    def __init__(self, pairs: Sequence[str] | None = None, gather_across_devices: bool = True):
+    def __init__(self, pairs: Sequence[str] | None = None, gather_across_devices: bool = True,
+                 tile_size: int | None = None):
         super().__init__()
         self.pairs, _ = _resolve_pairs(pairs, None)
         self.gather_across_devices = gather_across_devices
+        self.tile_size = check_tile_size(tile_size)
 
     def forward(self, image_embeds, text_embeds, fused_embeds, temperature, logit_bias=None):
         if logit_bias is None:
@@ -138,8 +159,8 @@ class GCLSigmoidLoss(nn.Module):
             )
         return gcl_sigmoid_loss(
             image_embeds, text_embeds, fused_embeds, temperature, logit_bias,
-            pairs=self.pairs, gather_across_devices=self.gather_across_devices,
+            pairs=self.pairs, gather_across_devices=self.gather_across_devices, tile_size=self.tile_size,
         )
 
     def extra_repr(self) -> str:
-        return f"pairs={self.pairs}, gather_across_devices={self.gather_across_devices}"
+        return f"pairs={self.pairs}, gather_across_devices={self.gather_across_devices}, tile_size={self.tile_size}"
