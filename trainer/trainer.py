@@ -88,6 +88,12 @@ class GCLTrainingArguments(TrainingArguments):
         metadata={"help": "GradCache: embed the batch in mini-batches of this size (same loss and gradients, "
                           "the activation memory of one mini-batch). Default: off."},
     )
+    loss_tile_size: int | None = field(
+        default=None,
+        metadata={"help": "Compute the loss's logits in tiles of this side (exact loss and gradients, memory linear "
+                          "in the batch; combine with --mini_batch_size for very large batches). Default: automatic, "
+                          "tiles of 4096 once the logit matrix has more than 16384 columns (3N for GCL)."},
+    )
 
     use_lora: bool = field(default=False, metadata={"help": "Train LoRA adapters instead of all weights."})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
@@ -183,6 +189,7 @@ class GCLTrainer(Trainer):
             exclude_other_positive=getattr(args, "exclude_other_positive", False),
             gather_across_devices=getattr(args, "gather_across_devices", True),
             modalities=getattr(args, "loss_modalities", None),
+            tile_size=getattr(args, "loss_tile_size", None),
         )
         mini_batch_size = getattr(args, "mini_batch_size", None)
         self.cached_loss = CachedLoss(self.loss_fn, mini_batch_size) if mini_batch_size else None
