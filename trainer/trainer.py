@@ -18,7 +18,7 @@ from modeling_gcl import ALL_LOSS_PAIRS
 from .atomic import STAGING_PREFIX, publish_directory, remove_stale_staging
 from .data import SKIPPED_SAMPLES_KEY, GCLCollator
 from .data import RowIndexedDataset
-from .losses import DEFAULT_SIGMOID_BIAS_INIT, LOSSES, CachedLoss, build_loss
+from .losses import DEFAULT_SIGMOID_BIAS_INIT, LOSSES, CachedLoss, build_loss, check_tile_size
 from .lora import EXTRA_TRAINABLES_FILE, apply_lora, freeze_towers, load_extra_trainables, save_extra_trainables
 from .data import UniqueGroupBatchSampler
 
@@ -116,6 +116,10 @@ class GCLTrainingArguments(TrainingArguments):
     train_logit_scale: bool = field(
         default=False, metadata={"help": "With LoRA, keep training the (otherwise frozen) logit scale."}
     )
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_tile_size(self.loss_tile_size)  # a one-line ValueError for a tile size <= 0
 
 
 def apply_global_batch_size(args: GCLTrainingArguments, per_device_given: bool = False) -> None:
