@@ -15,6 +15,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from .redact import LocalPathRedactor, is_local_path, public_name
 from .run_record import RunInfo, read_run
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
@@ -195,6 +196,11 @@ def embedding_dim(config: dict[str, Any]) -> int | str:
     return (config.get("encoder_config") or {}).get("projection_dim", "d")
 
 
+def display_name(name: str) -> str:
+    """What a card shows for a dataset or model: a Hub id as it is, a local path as its folder name only."""
+    return public_name(name) if is_local_path(name) else name
+
+
 def is_hub_id(name: str | None) -> bool:
     """Whether `name` looks like a Hub repository id rather than a local path (cards may only link Hub ids)."""
     if not name or os.path.exists(name) or name.startswith((".", "/", "~")) or "\\" in name:
@@ -266,8 +272,8 @@ class EvaluationMetrics:
                 for kind, values in gap.items() if isinstance(values, dict)} if isinstance(gap, dict) else None)
         suite = data.get("suite")
         return cls(
-            dataset_name=str(dataset.get("name", default_name)),
-            dataset_type=str(dataset.get("type", dataset.get("name", default_name))),
+            dataset_name=display_name(str(dataset.get("name", default_name))),
+            dataset_type=display_name(str(dataset.get("type", dataset.get("name", default_name)))),
             dataset_split=dataset.get("split"),
             dataset_config=dataset.get("config"),
             task_name=str(data.get("task", "Multimodal retrieval")),
@@ -379,7 +385,7 @@ def _trained_logit_scale(output_dir: Path) -> float | None:
 
 def _hyperparameters_text(run: RunInfo) -> str:
     if run.record is not None:
-        hyperparameters = run.record.get("hyperparameters") or {}
+        hyperparameters = LocalPathRedactor([run.output_dir]).redact_json(run.record.get("hyperparameters") or {})
         if not hyperparameters:
             return "All `GCLTrainingArguments` defaults."
         rows = [[f"`{name}`", f"`{json.dumps(value)}`"] for name, value in sorted(hyperparameters.items())]
@@ -395,12 +401,16 @@ def _hyperparameters_text(run: RunInfo) -> str:
 
 def _dataset_text(run: RunInfo, datasets: list[str] | None) -> str:
     if datasets:
-        return ", ".join(f"[{d}](https://huggingface.co/datasets/{d})" if is_hub_id(d) else f"`{d}`" for d in datasets)
+        return ", ".join(f"[{d}](https://huggingface.co/datasets/{d})" if is_hub_id(d) else f"`{display_name(d)}`"
+                         for d in datasets)
     record = run.record or {}
     if record and record.get("dataset") is None:
         return "the openclipart sample bundled with gcl-hf (public-domain clip-art images with captions)"
     if record.get("dataset"):
-        return f"`{record['dataset']}`"
+        dataset = str(record["dataset"])
+        if is_hub_id(dataset):
+            return f"[{dataset}](https://huggingface.co/datasets/{dataset})"
+        return f"`{display_name(dataset)}` (local data)"
     return "data not recorded for this run"
 
 
@@ -449,7 +459,7 @@ def _heatmap_caption(run: RunInfo) -> str:
 def _summary(run: RunInfo, base_model: str | None, from_scratch: bool, is_adapter: bool) -> str:
     what = "A LoRA adapter for a universal multimodal retriever" if is_adapter else "A universal multimodal retriever"
     origin = ("trained from random initialisation" if from_scratch
-              else f"fine-tuned from `{base_model}`" if base_model else "trained")
+              else f"fine-tuned from `{display_name(base_model)}`" if base_model else "trained")
     return (
         f"{what} {origin} with **Generalized Contrastive Learning** (GCL; Lee et al., NeurIPS 2025, "
         f"[arXiv:{PAPER_ARXIV_ID}]({PAPER_URL})). GCL contrasts every ordered pair of different modalities — image, "
@@ -482,11 +492,11 @@ def _limitations(from_scratch: bool) -> str:
 def _dataset_label(run: RunInfo, datasets: list[str] | None) -> str:
     """A short name of the training data, for the held-out results in the model-index."""
     if datasets:
-        return datasets[0]
+        return display_name(datasets[0])
     record = run.record or {}
     if record and record.get("dataset") is None:
         return "openclipart_sample"
-    return str(record.get("dataset") or "training data")
+    return display_name(str(record.get("dataset") or "training data"))
 
 
 def build_card_data(
@@ -598,7 +608,7 @@ def render_model_card(
                                 pipeline_tag=pipeline_tag, evaluations=evaluations, is_adapter=is_adapter)
     if base_model:
         base_model_text = (f"[{base_model}](https://huggingface.co/{base_model})" if is_hub_id(base_model)
-                           else f"`{base_model}`")
+                           else f"`{display_name(base_model)}` (a local model)")
     else:
         base_model_text = ("none — randomly initialised" if from_scratch
                            else "not recorded (pass `--base_model` to `gcl-push`)")
@@ -609,7 +619,7 @@ def render_model_card(
         summary=_summary(run, base_model, from_scratch, is_adapter),
         provenance_warning=_provenance_warning(run, from_scratch),
         repo_id=repo_id,
-        base_model=base_model,
+        base_model=base_model if is_hub_id(base_model) else None,  # the usage code names only a Hub id
         base_model_text=base_model_text,
         backbone=backbone_description(config),
         method_text=method_name(run.loss).removeprefix("the ").removesuffix(" loss")

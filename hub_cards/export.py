@@ -18,14 +18,14 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from transformers import AutoModel, AutoProcessor
 from transformers.dynamic_module_utils import custom_object_save, get_imports, get_relative_imports
 
-from modeling_gcl import GCL_PIPELINE_TASK, GCLFeatureExtractionPipeline
+from modeling_gcl import GCL_PIPELINE_TASK, GCL_WEIGHTS_NAME, GCLFeatureExtractionPipeline, GCLModel, GCLProcessor
 
 from trainer.atomic import staged_directory
 
 from .card import HOLDOUT_HEATMAP_METRIC, render_model_card
+from .redact import LocalPathRedactor
 from .run_record import ADAPTER_SUBDIR, HOLDOUT_FILE, TRAINING_RECORD_FILE, RunInfo, read_run
 
 logger = logging.getLogger(__name__)
@@ -42,8 +42,10 @@ ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 # never holds both (transformers' pipeline would take the stale adapter_config.json for the model). Files the push
 # uploads are never deleted (`upload_folder` drops deletions of uploaded paths), so "*.py" removes only stale code.
 STALE_FILES = {
-    "model": [*ADAPTER_FILES, EXTRA_TRAINABLES_FILE],
-    "adapter": ["config.json", "model.safetensors", "model.safetensors.index.json", "model-*.safetensors", "*.py"],
+    # A model re-pushed without an attention fusion or sigmoid bias must not keep the previous push's GCL weights.
+    "model": [*ADAPTER_FILES, EXTRA_TRAINABLES_FILE, GCL_WEIGHTS_NAME],
+    "adapter": ["config.json", "model.safetensors", "model.safetensors.index.json", "model-*.safetensors", "*.py",
+                GCL_WEIGHTS_NAME],
 }
 LORA_MODES = ("adapter", "merged")
 
@@ -167,10 +169,10 @@ def _add_hub_entry_points(model) -> None:
 
 
 def _export_model(run: RunInfo, destination: Path) -> None:
-    # The Auto classes (registered by `import modeling_gcl`) pick the library class of whatever backbone the run used.
-    # Weights only from safetensors: a pickled checkpoint is refused, never loaded.
-    model = AutoModel.from_pretrained(run.output_dir, use_safetensors=True)
-    processor = AutoProcessor.from_pretrained(run.output_dir)
+    # Either layout (a CLIP backbone's native CLIP checkpoint, or model_type "gcl"); the re-save writes the current
+    # layout. Weights only from safetensors: a pickled checkpoint is refused, never loaded.
+    model = GCLModel.from_pretrained(run.output_dir, use_safetensors=True)
+    processor = GCLProcessor.from_pretrained(run.output_dir)
     _add_hub_entry_points(model)
     model.save_pretrained(destination)  # safetensors + the config's and model's modules (with relative imports)
     processor.save_pretrained(destination)  # + the processor's module + its auto_map
@@ -186,14 +188,21 @@ def _export_adapter(run: RunInfo, destination: Path) -> None:
         if (adapter_dir / name).is_file():
             shutil.copyfile(adapter_dir / name, destination / name)
     processor_source = adapter_dir if (adapter_dir / "processor_config.json").is_file() else run.output_dir
-    AutoProcessor.from_pretrained(processor_source).save_pretrained(destination)
+    GCLProcessor.from_pretrained(processor_source).save_pretrained(destination)
     verify_remote_code(destination)
 
 
 def _copy_run_records(run: RunInfo, destination: Path, eval_metrics: str | os.PathLike | None) -> None:
+    """Copy the run's records, with every local path in them (data, output and model directories, the home
+    directory) replaced by its folder name: nothing published carries a local path."""
+    redactor = LocalPathRedactor([run.output_dir, run.output_dir.resolve()])
+    for record in (run.record, run.holdout, *(evaluation.metrics for evaluation in run.evaluations)):
+        redactor.collect(record)  # so the same paths inside report.md are replaced too
+    copied = []
     for name in (TRAINING_RECORD_FILE, HOLDOUT_FILE):
         if (run.output_dir / name).is_file():
             shutil.copyfile(run.output_dir / name, destination / name)
+            copied.append(destination / name)
     if run.heatmap is not None:
         shutil.copyfile(run.heatmap, destination / run.heatmap.name)
     # gcl-eval outputs kept in the run directory (eval/<suite>/metrics.json, report.md, plots), at the same relative
@@ -203,8 +212,12 @@ def _copy_run_records(run: RunInfo, destination: Path, eval_metrics: str | os.Pa
             target = destination / source.relative_to(run.output_dir)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, target)
+            copied.append(target)
     if eval_metrics is not None:
         shutil.copyfile(eval_metrics, destination / EVAL_METRICS_FILE)
+        copied.append(destination / EVAL_METRICS_FILE)
+    for path in copied:
+        redactor.redact_file(path)
 
 
 def _draw_holdout_heatmap(run: RunInfo, destination: Path) -> str | None:

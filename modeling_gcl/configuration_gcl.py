@@ -197,3 +197,146 @@ __all__ = [
     "check_loss_modalities",
     "split_pair",
 ]
+    @classmethod
+    def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
+        # A CLIP-backbone model is saved as a native CLIP config.json with a `gcl` section (see `is_clip_layout`):
+        # read it as the GCL config it encodes, so `GCLConfig.from_pretrained` (and remote code) load both layouts.
+        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        if config_dict.get("model_type") == "clip":
+            source = f"{pretrained_model_name_or_path}/config.json"
+            config_dict = gcl_dict_from_clip_layout(config_dict, source=source)
+        return config_dict, kwargs
+
+    @classmethod
+    def from_dict(cls, config_dict, **kwargs):
+        if config_dict.get("model_type") == "clip":
+            config_dict = gcl_dict_from_clip_layout(config_dict)
+        return super().from_dict(config_dict, **kwargs)
+
+
+# --- The CLIP layout of a saved CLIP-backbone GCL model ---------------------------------------------------------------
+# A CLIP / TinyCLIP / UniIR CLIP-SF backbone is saved as a *native* CLIP checkpoint: `config.json` is a `CLIPConfig`
+# (`model_type: "clip"`) with one extra top-level section, `"gcl"`, holding the GCL fields below, so anything that loads
+# CLIP loads it, and this library (or its remote code) reads the section back into a `GCLConfig`.
+GCL_SECTION_KEY = "gcl"
+GCL_SECTION_FORMAT_VERSION = 1
+# The `GCLConfig` fields the section holds; every one is written and every one is required when it is read.
+GCL_SECTION_FIELDS = (
+    "fusion",
+    "temperature",
+    "learnable_temperature",
+    "max_logit_scale",
+    "loss_pairs",
+    "loss_weights",
+    "exclude_other_positive",
+    "loss_modalities",
+    "sigmoid_bias_init",
+)
+# Top-level `config.json` entries that describe the GCL wrapper rather than the CLIP model.
+_WRAPPER_KEYS = ("auto_map", "custom_pipelines")
+
+
+def is_clip_layout(config_dict: dict) -> bool:
+    """Whether a `config.json` dict is the CLIP layout of a GCL model: a CLIP config with a `gcl` section."""
+    return config_dict.get("model_type") == "clip" and GCL_SECTION_KEY in config_dict
+
+
+def gcl_section(config: "GCLConfig") -> dict:
+    """The `gcl` section of the CLIP layout for `config` (a CLIP-backbone `GCLConfig`)."""
+    return {"format_version": GCL_SECTION_FORMAT_VERSION, **{name: getattr(config, name) for name in GCL_SECTION_FIELDS}}
+
+
+def gcl_dict_from_clip_layout(config_dict: dict, source: str = "config.json") -> dict:
+    r"""
+    Turn the CLIP layout's `config.json` (a CLIP config with a `gcl` section) into the dict a `GCLConfig` is built from.
+
+    Raises `ValueError` naming the key when the section is missing or malformed (not an object, a missing or unknown
+    key, an unsupported format version, a value `GCLConfig` rejects). The same file still loads as a plain `CLIPModel`.
+    """
+    where = f"{source}: the `{GCL_SECTION_KEY}` section"
+    if config_dict.get("model_type") != "clip":
+        raise ValueError(f"{source} is not a CLIP config (model_type {config_dict.get('model_type')!r}).")
+    if GCL_SECTION_KEY not in config_dict:
+        raise ValueError(
+            f"{source} is a plain CLIP config with no `{GCL_SECTION_KEY}` section, not a GCL model; wrap the backbone "
+            "with GCLModel.from_backbone instead."
+        )
+    section = config_dict[GCL_SECTION_KEY]
+    if not isinstance(section, dict):
+        raise ValueError(f"{where} must be a JSON object, got {type(section).__name__}.")
+    version = section.get("format_version")
+    if version is None:
+        raise ValueError(f"{where} is missing key 'format_version'.")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ValueError(f"{where}: 'format_version' must be a positive integer, got {version!r}.")
+    if version > GCL_SECTION_FORMAT_VERSION:
+        raise ValueError(
+            f"{where} has format_version {version}; this gcl-hf reads up to {GCL_SECTION_FORMAT_VERSION}: upgrade it."
+        )
+    unknown = sorted(set(section) - {"format_version", *GCL_SECTION_FIELDS})
+    if unknown:
+        raise ValueError(f"{where} has unknown key {unknown[0]!r} (known: {', '.join(GCL_SECTION_FIELDS)}).")
+    missing = [name for name in GCL_SECTION_FIELDS if name not in section]
+    if missing:
+        raise ValueError(f"{where} is missing key {missing[0]!r}.")
+    if section["fusion"] not in FUSION_MODES:
+        raise ValueError(
+            f"{where}: key 'fusion' is {section['fusion']!r}, not one of {', '.join(FUSION_MODES)} (the fusions of a "
+            "CLIP backbone)."
+        )
+    encoder_config = {key: value for key, value in config_dict.items() if key not in (GCL_SECTION_KEY, *_WRAPPER_KEYS)}
+    gcl_dict = {key: config_dict[key] for key in _WRAPPER_KEYS if key in config_dict}
+    gcl_dict.update(
+        model_type=GCLConfig.model_type,
+        architectures=["GCLModel"],
+        backbone_type="clip",
+        encoder_config=encoder_config,
+        **{name: section[name] for name in GCL_SECTION_FIELDS},
+    )
+    for key in ("dtype", "transformers_version"):
+        if key in config_dict:
+            gcl_dict[key] = config_dict[key]
+    return gcl_dict
+
+
+def build_gcl_config(gcl_dict: dict, source: str = "config.json", **kwargs) -> "GCLConfig":
+    """`GCLConfig(**gcl_dict)`, with an invalid value reported as an error naming `source`'s `gcl` section."""
+    try:
+        return GCLConfig.from_dict(dict(gcl_dict), **kwargs)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{source}: the `{GCL_SECTION_KEY}` section does not make a valid GCL config: {error}") from error
+
+
+_HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "proxies", "revision", "subfolder", "token")
+
+
+def load_gcl_config(pretrained_model_name_or_path, **kwargs) -> "GCLConfig | None":
+    r"""
+    The [`GCLConfig`] of a saved GCL model in either layout (the CLIP layout: a native CLIP `config.json` with a `gcl`
+    section; the GCL layout: `model_type: "gcl"`), or `None` when the checkpoint is not a GCL model (e.g. a plain CLIP)
+    or has no `config.json` that can be read (a wrong path: the caller's own loading then says why).
+    Use it instead of `isinstance(AutoConfig.from_pretrained(path), GCLConfig)`, which misses the CLIP layout.
+
+    Args:
+        pretrained_model_name_or_path: a directory or Hub id.
+        kwargs: Hub arguments (`revision`, `token`, `cache_dir`, `local_files_only`, ...); others are ignored.
+
+    Raises `ValueError` naming the key when the `gcl` section is malformed.
+    """
+    hub_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if key in kwargs}
+    try:
+        config_dict, _ = PreTrainedConfig.get_config_dict(pretrained_model_name_or_path, **hub_kwargs)
+    except OSError:
+        return None
+    if config_dict.get("model_type") != GCLConfig.model_type and not is_clip_layout(config_dict):
+        return None
+    return GCLConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
+
+    "load_gcl_config",
+    "GCL_SECTION_FIELDS",
+    "GCL_SECTION_FORMAT_VERSION",
+    "GCL_SECTION_KEY",
+    "build_gcl_config",
+    "gcl_dict_from_clip_layout",
+    "gcl_section",
+    "is_clip_layout",

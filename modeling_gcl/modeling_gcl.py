@@ -10,25 +10,70 @@ remote code. Training losses live in the `trainer` package of the library; `forw
 them when the library is installed.
 """
 
+import json
 import math
+import os
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoModel, CLIPModel, PreTrainedModel
+from transformers import AutoModel, CLIPModel, PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
-from transformers.utils import ModelOutput
+from transformers.dynamic_module_utils import custom_object_save
+from transformers.utils import ModelOutput, cached_file
 
-from .configuration_gcl import TOKEN_FUSION, GCLConfig
+from .configuration_gcl import (
+    GCL_SECTION_KEY,
+    TOKEN_FUSION,
+    GCLConfig,
+    build_gcl_config,
+    gcl_dict_from_clip_layout,
+    gcl_section,
+)
 from .configuration_vista import GCLEvaVisionConfig, GCLVistaConfig
 from .modeling_eva import GCLEvaEmbeddings, GCLEvaRotaryEmbedding, eva_rope_tables
+from .modeling_dual_encoder import GCLDualEncoder
 from .modeling_vista import GCLVistaEncoder
 
 
 def l2_normalize(embeds: torch.Tensor) -> torch.Tensor:
     """L2-normalise the last dimension; `(..., dim)` -> `(..., dim)`."""
     return F.normalize(embeds, p=2, dim=-1)
+
+
+# The CLIP layout of a CLIP-backbone model (see `configuration_gcl.is_clip_layout`): `model.safetensors` holds CLIP's
+# own tensors under CLIP's names, and GCL's few tensors of its own (an attention fusion's scores, the sigmoid loss's
+# bias), when the model has any, go beside it in this file, so `CLIPModel.from_pretrained` meets no unexpected keys.
+GCL_WEIGHTS_NAME = "gcl_weights.safetensors"
+ENCODER_PREFIX = "encoder."
+_HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "proxies", "revision", "subfolder", "token")
+
+
+def split_clip_layout_state_dict(state_dict) -> tuple[dict, dict]:
+    """A `GCLModel` state dict -> (the `CLIPModel` state dict, under CLIP's names; GCL's own tensors)."""
+    clip_state, gcl_state = {}, {}
+    for key, value in state_dict.items():
+        if key.startswith(ENCODER_PREFIX):
+            clip_state[key[len(ENCODER_PREFIX):]] = value
+        else:
+            gcl_state[key] = value
+    return clip_state, gcl_state
+
+
+def _write_json_atomic(path: Path, content: dict) -> None:
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            file.write(json.dumps(content, indent=2, sort_keys=True) + "\n")
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 @dataclass
@@ -129,6 +174,13 @@ class GCLPreTrainedModel(PreTrainedModel):
             init.zeros_(module.score_bias)
         elif isinstance(module, GCLVistaEncoder):
             init.constant_(module.logit_scale, math.log(1.0 / (self.config.temperature or 0.02)))
+        elif isinstance(module, GCLDualEncoder):
+            # The towers are PreTrainedModels and initialise themselves; the new projections start as CLIP's.
+            dual = module.config
+            for projection in (module.visual_projection, module.text_projection):
+                init.normal_(projection.weight, std=dual.projection_initializer_factor * projection.in_features**-0.5)
+            scale = dual.logit_scale_init_value if self.config.temperature is None else math.log(1 / self.config.temperature)
+            init.constant_(module.logit_scale, scale)
         elif isinstance(module, GCLEvaEmbeddings):
             std = self.config.vista_config.vision_config.initializer_range
             init.normal_(module.class_embedding, std=std)
@@ -190,6 +242,8 @@ class GCLModel(GCLPreTrainedModel):
         elif config.backbone_type == "vista":
             config.vista_config.text_config._attn_implementation = self.config._attn_implementation
             self.encoder = GCLVistaEncoder(config.vista_config, temperature=config.temperature)
+        elif config.backbone_type == "dual_encoder":
+            self.encoder = GCLDualEncoder(config.dual_encoder_config)
         else:
             self.encoder = CLIPModel._from_config(config.encoder_config)
         self.fusion = GCLScoreFusion(config.fusion, config.projection_dim)
@@ -330,9 +384,81 @@ class GCLModel(GCLPreTrainedModel):
         model = cls(config, encoder=GCLVistaEncoder(vista_config, text_model=text_model, temperature=config.temperature))
         return model
 
+    @classmethod
+    def from_towers(
+        cls,
+        vision_model: "str | PreTrainedModel",
+        text_model: "str | PreTrainedModel",
+        projection_dim: int = 512,
+        fusion: str = "sum",
+        text_pooling: str | None = None,
+        vision_pooling: str = "auto",
+        temperature: float | None = None,
+        learnable_temperature: bool = True,
+        **kwargs,
+    ) -> "GCLModel":
+        r"""
+        Build a dual-encoder `GCLModel` (`backbone_type="dual_encoder"`) from a pretrained vision tower and a pretrained
+        BERT-family text tower, each followed by a new linear projection to `projection_dim` (LiT / CLIP from separate
+        towers). The processor comes from [`GCLProcessor.from_towers`].
+
+        Args:
+            vision_model (`str` or `PreTrainedModel`):
+                A Hub id or directory of a transformers vision model (loaded with `AutoModel`: ViT, DINOv2, ConvNeXt,
+                CLIP's vision tower, ...) or of a converted EfficientNet-Lite, or a loaded model.
+            text_model (`str` or `PreTrainedModel`):
+                A Hub id or directory of a BERT-family encoder (`"sentence-transformers/all-MiniLM-L6-v2"`), or a
+                loaded one. Its pooler, if any, is dropped.
+            projection_dim (`int`, defaults to 512): the shared embedding size.
+            fusion (`str`, defaults to `"sum"`): fused-modality pooling, see [`GCLConfig`].
+            text_pooling (`str`, *optional*): `"cls"` or `"mean"`. Default: what a sentence-transformers folder's
+                `modules.json` / pooling config says (mean for all-MiniLM-L6-v2), else `"cls"`.
+            vision_pooling (`str`, defaults to `"auto"`): see [`GCLDualEncoderConfig`].
+            temperature (`float`, *optional*): fixed τ; default CLIP's learnable log(1/0.07).
+            learnable_temperature (`bool`, defaults to `True`): whether the logit scale is trained.
+            kwargs: further [`GCLConfig`] fields. `dtype`, `revision`, `token`, `cache_dir`, `local_files_only` and
+                `attn_implementation` are passed on to `AutoModel.from_pretrained` for towers given as strings.
+        """
+        import copy
+
+        from .configuration_dual_encoder import GCLDualEncoderConfig
+        from .modeling_dual_encoder import load_tower, read_text_pooling
+
+        load_keys = ("dtype", "revision", "token", "cache_dir", "local_files_only", "attn_implementation")
+        load_kwargs = {key: kwargs.pop(key) for key in load_keys if key in kwargs}
+        if text_pooling is None:
+            text_pooling = read_text_pooling(text_model) if isinstance(text_model, str) else "cls"
+        vision = load_tower(vision_model, "vision", load_kwargs)
+        text = load_tower(text_model, "text", load_kwargs)
+        if getattr(text, "pooler", None) is not None:
+            text.pooler = None  # the dual encoder pools token states itself; an unused pooler only wastes LoRA targets
+        # Copies: building the composite config resets its sub-configs' attention implementation, and the caller's
+        # configuration objects must not change.
+        dual_config = GCLDualEncoderConfig(
+            vision_config=copy.deepcopy(vision.config),
+            text_config=copy.deepcopy(text.config),
+            projection_dim=projection_dim,
+            text_pooling=text_pooling,
+            vision_pooling=vision_pooling,
+        )
+        kwargs.setdefault("attn_implementation", text.config._attn_implementation)
+        config = GCLConfig(
+            backbone_type="dual_encoder",
+            dual_encoder_config=dual_config,
+            fusion=fusion,
+            temperature=temperature,
+            learnable_temperature=learnable_temperature,
+            **kwargs,
+        )
+        return cls(config, encoder=GCLDualEncoder(dual_config, vision_model=vision, text_model=text))
+
     @property
     def is_vista(self) -> bool:
         return self.config.backbone_type == "vista"
+
+    @property
+    def is_dual_encoder(self) -> bool:
+        return self.config.backbone_type == "dual_encoder"
 
     def get_image_features(self, pixel_values: torch.FloatTensor, normalize: bool = True) -> torch.FloatTensor:
         r"""
@@ -340,7 +466,7 @@ class GCLModel(GCLPreTrainedModel):
         unless `normalize=False` (then the raw projection, as CLIP's `pooler_output`; VISTA's [CLS] hidden state of
         the image with an empty text).
         """
-        if self.is_vista:
+        if self.is_vista or self.is_dual_encoder:
             features = self.encoder.encode_image(pixel_values)
             return l2_normalize(features) if normalize else features
         features = self.encoder.get_image_features(pixel_values=pixel_values).pooler_output
@@ -357,7 +483,7 @@ class GCLModel(GCLPreTrainedModel):
         Text-only embeddings: `input_ids` `(batch, seq_len)` -> `(batch, projection_dim)`, L2-normalised unless
         `normalize=False`.
         """
-        if self.is_vista:
+        if self.is_vista or self.is_dual_encoder:
             features = self.encoder.encode_text(input_ids, attention_mask, position_ids)
             return l2_normalize(features) if normalize else features
         features = self.encoder.get_text_features(
@@ -385,13 +511,155 @@ class GCLModel(GCLPreTrainedModel):
         text_features = self.get_text_features(input_ids, attention_mask, position_ids, normalize=False)
         return l2_normalize(self.fusion(image_features, text_features))
 
+    # --- Saving and loading: the CLIP layout for CLIP backbones, the GCL layout for the others ---------------------
+
+    @property
+    def uses_clip_layout(self) -> bool:
+        """Whether `save_pretrained` writes a native CLIP checkpoint (CLIP / TinyCLIP / UniIR CLIP-SF backbones); VISTA
+        and other backbones, which no transformers class can run alone, keep the GCL layout (`model_type: "gcl"`)."""
+        return self.config.backbone_type == "clip" and isinstance(self.encoder, CLIPModel)
+
+    def save_pretrained(self, save_directory, is_main_process: bool = True, state_dict: dict | None = None,
+                        push_to_hub: bool = False, **kwargs):
+        r"""
+        Save the model so that [`~GCLModel.from_pretrained`] reloads it.
+
+        A CLIP backbone is saved as a **native CLIP checkpoint**, loadable by anything that loads CLIP
+        (`CLIPModel.from_pretrained`, `AutoModel`, the zero-shot-image-classification pipeline):
+        - `config.json`: the backbone's `CLIPConfig` (`model_type: "clip"`, `architectures: ["CLIPModel"]`) plus a `gcl`
+          section (fusion, temperature policy, loss settings, format version) and `auto_map` entries, so
+          `AutoModel.from_pretrained(dir, trust_remote_code=True)` builds this class from the copied code;
+        - `model.safetensors`: the CLIP weights under CLIP's own names;
+        - `gcl_weights.safetensors`: GCL's own parameters (attention fusion, sigmoid logit bias), only when it has any.
+
+        Other backbones (VISTA) are saved in the GCL layout (`model_type: "gcl"`, weights under `encoder.*`). Arguments
+        are those of [`~PreTrainedModel.save_pretrained`].
+        """
+        if not self.uses_clip_layout:
+            return super().save_pretrained(save_directory, is_main_process=is_main_process, state_dict=state_dict,
+                                           push_to_hub=push_to_hub, **kwargs)
+        if os.path.isfile(save_directory):
+            raise NotADirectoryError(f"{save_directory} is a file; save_pretrained needs a directory.")
+        hub_options = {key: kwargs.pop(key) for key in ("repo_id", "commit_message", "create_pr") if key in kwargs}
+        clip_state, gcl_state = split_clip_layout_state_dict(self.state_dict() if state_dict is None else state_dict)
+        self.encoder.save_pretrained(save_directory, is_main_process=is_main_process, state_dict=clip_state, **kwargs)
+        if is_main_process:
+            directory = Path(save_directory)
+            if gcl_state:
+                tensors = {key: value.detach().contiguous() for key, value in gcl_state.items()}
+                save_file(tensors, str(directory / GCL_WEIGHTS_NAME), metadata={"format": "pt"})
+            else:  # re-saving into a folder that held an attention fusion's weights must not keep them
+                (directory / GCL_WEIGHTS_NAME).unlink(missing_ok=True)
+            self._write_clip_layout_config(directory)
+            # The sentence-transformers entry files, as `GCLPreTrainedModel.save_pretrained` writes them for the GCL layout.
+            from .sentence_transformers_files import write_sentence_transformers_files
+
+            write_sentence_transformers_files(save_directory)
+        if push_to_hub:
+            repo_id = hub_options.pop("repo_id", Path(save_directory).name)
+            self.push_to_hub(repo_id, token=kwargs.get("token"), **hub_options)
+
+    def _write_clip_layout_config(self, directory: Path) -> None:
+        """Add the `gcl` section, `auto_map` (and `custom_pipelines`, when set) to the `config.json` CLIPModel wrote, and
+        copy the remote code (this module, the configuration module and every module they import)."""
+        config_path = directory / "config.json"
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        config[GCL_SECTION_KEY] = gcl_section(self.config)
+        entry_points = {"auto_map": dict(getattr(self.config, "auto_map", None) or {})}
+        for obj in (self.config, self):  # marked by `register_for_auto_class` (library import or remote code)
+            if getattr(type(obj), "_auto_class", None) is not None:
+                custom_object_save(obj, directory, config=entry_points)
+        if entry_points["auto_map"]:
+            config["auto_map"] = entry_points["auto_map"]
+        if getattr(self.config, "custom_pipelines", None):
+            config["custom_pipelines"] = self.config.custom_pipelines
+        _write_json_atomic(config_path, config)
+
     @classmethod
-    def from_pretrained(cls, *args, **kwargs):
-        loaded = super().from_pretrained(*args, **kwargs)
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        r"""
+        Load a saved GCL model in either layout: the CLIP layout (a native CLIP checkpoint with a `gcl` section, what
+        `save_pretrained` writes for CLIP backbones) or the GCL layout (`model_type: "gcl"`: VISTA, and CLIP models
+        saved before the CLIP layout existed). Arguments are those of [`~PreTrainedModel.from_pretrained`].
+
+        Raises `ValueError` naming the key when a CLIP layout's `gcl` section is malformed, or naming
+        `gcl_weights.safetensors` when it does not hold exactly the parameters the config's fusion and loss need.
+        """
+        config_dict = {}
+        if pretrained_model_name_or_path is not None:
+            hub_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if key in kwargs}
+            config_dict, _ = PreTrainedConfig.get_config_dict(pretrained_model_name_or_path, **hub_kwargs)
+        if config_dict.get("model_type") == "clip":
+            loaded = cls._from_clip_layout(pretrained_model_name_or_path, config_dict, *model_args, **kwargs)
+        else:
+            loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
         model = loaded[0] if isinstance(loaded, tuple) else loaded  # `output_loading_info=True` returns a tuple
         # Loading materialises fresh parameters, all trainable; a fixed temperature stays fixed.
         model.encoder.logit_scale.requires_grad_(model.config.learnable_temperature)
         return loaded
+
+    @classmethod
+    def _from_clip_layout(cls, path, config_dict: dict, *model_args, **kwargs):
+        """The CLIP layout: CLIPModel loads its own weights (dtype, device map, attention, Hub arguments as given),
+        then the GCL wrapper is built around it and its own parameters are read from `gcl_weights.safetensors`."""
+        config = kwargs.pop("config", None)
+        if not isinstance(config, GCLConfig):
+            source = f"{path}/config.json"
+            config = build_gcl_config(gcl_dict_from_clip_layout(config_dict, source=source), source=source)
+        output_loading_info = kwargs.pop("output_loading_info", False)
+        clip, loading_info = CLIPModel.from_pretrained(path, *model_args, config=config.encoder_config,
+                                                       output_loading_info=True, **kwargs)
+        trained_logit_scale = clip.logit_scale.detach().clone()
+        model = cls(config, encoder=clip)
+        with torch.no_grad():  # the constructor sets a fixed temperature's *initial* value; keep the trained one
+            model.encoder.logit_scale.copy_(trained_logit_scale)
+        hub_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if key in kwargs}
+        weights_file = cached_file(path, GCL_WEIGHTS_NAME, _raise_exceptions_for_missing_entries=False, **hub_kwargs)
+        loaded = model.load_gcl_weights(weights_file) if weights_file is not None else []
+        needed = sorted(key for key in model.state_dict() if not key.startswith(ENCODER_PREFIX))
+        if sorted(loaded) != needed:
+            raise ValueError(
+                f"{path}: {GCL_WEIGHTS_NAME} holds {loaded or 'nothing'}, but this model (fusion "
+                f"{config.fusion!r}, sigmoid_bias_init {config.sigmoid_bias_init!r}) needs {needed}."
+            )
+        model.config.name_or_path = str(path)
+        model.eval()
+        return (model, loading_info) if output_loading_info else model
+
+    def load_gcl_weights(self, weights_file: str | os.PathLike) -> list[str]:
+        r"""
+        Load GCL's own parameters (`fusion.*`, `logit_bias`) from a CLIP layout's `gcl_weights.safetensors` (a file, or
+        a saved folder holding one; a folder without one loads nothing). Returns the names loaded.
+
+        `Trainer` restores a checkpoint's `model.safetensors` only (`load_state_dict`, which accepts CLIP's names);
+        call this on the same checkpoint folder so a resumed run also restores these parameters.
+        """
+        weights_file = Path(weights_file)
+        if weights_file.is_dir():
+            weights_file = weights_file / GCL_WEIGHTS_NAME
+            if not weights_file.is_file():
+                return []
+        tensors = load_file(str(weights_file))
+        own = {key for key in self.state_dict() if not key.startswith(ENCODER_PREFIX)}
+        unexpected = sorted(set(tensors) - own)
+        if unexpected:
+            raise ValueError(f"{weights_file} holds {unexpected}, which this model (fusion {self.config.fusion!r}) lacks.")
+        reference = self.encoder.logit_scale
+        self.fusion.to(device=reference.device, dtype=reference.dtype)
+        if self.logit_bias is not None:
+            self.logit_bias.data = self.logit_bias.data.to(device=reference.device, dtype=reference.dtype)
+        nn.Module.load_state_dict(self, tensors, strict=False)
+        return sorted(tensors)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """`nn.Module.load_state_dict`, also accepting the CLIP layout's names (`text_model.*` for `encoder.text_model.*`),
+        so `Trainer` resumes from and loads the best of checkpoints saved in the CLIP layout."""
+        if self.uses_clip_layout:
+            clip_roots = {name.split(".", 1)[0] for name in self.encoder.state_dict()}
+            if any(key.split(".", 1)[0] in clip_roots for key in state_dict):
+                state_dict = {(ENCODER_PREFIX + key if key.split(".", 1)[0] in clip_roots else key): value
+                              for key, value in state_dict.items()}
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def get_logit_scale(self) -> torch.Tensor:
         """`1 / τ` as a scalar tensor: `exp(logit_scale)`, clamped at `config.max_logit_scale`."""
@@ -477,4 +745,4 @@ class GCLModel(GCLPreTrainedModel):
         )
 
 
-__all__ = ["GCLModel", "GCLPreTrainedModel", "GCLOutput", "GCLScoreFusion", "l2_normalize"]
+__all__ = ["GCL_WEIGHTS_NAME", "GCLModel", "GCLPreTrainedModel", "GCLOutput", "GCLScoreFusion", "l2_normalize"]

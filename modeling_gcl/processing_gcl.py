@@ -62,6 +62,21 @@ class GCLProcessor(ProcessorMixin):
         return cls(image_processor=image_processor, tokenizer=tokenizer)
 
     @property
+    def is_clip_processor(self) -> bool:
+        """Whether this holds exactly what `CLIPProcessor` holds: a CLIP tokenizer and a CLIP image processor."""
+        return (type(self.tokenizer).__name__.startswith("CLIPTokenizer")
+                and type(self.image_processor).__name__.startswith("CLIPImageProcessor"))
+
+    def to_dict(self):
+        output = super().to_dict()
+        # Naming CLIPProcessor as a CLIP pair's class makes `AutoProcessor.from_pretrained(folder)` load it natively,
+        # without remote code; `GCLProcessor.from_pretrained(folder)` and `trust_remote_code=True` (whose `auto_map`
+        # entry is kept) still give this class.
+        if self.is_clip_processor:
+            output["processor_class"] = "CLIPProcessor"
+        return output
+
+    @property
     def max_text_length(self) -> int | None:
         """The tokenizer's maximum sequence length (77 for CLIP), or `None` when it sets none."""
         length = getattr(self.tokenizer, "model_max_length", None)

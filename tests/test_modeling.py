@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoConfig, AutoModel, AutoProcessor
 
-from modeling_gcl import GCLConfig, GCLModel, GCLProcessor
+from modeling_gcl import GCLConfig, GCLModel, GCLProcessor, load_gcl_config
 from trainer.losses import gcl_loss
 
 from .conftest import make_small_clip, small_clip_config
@@ -56,7 +56,7 @@ def test_attention_fusion_is_learnable_and_round_trips(tmp_path, sample_batch):
     with torch.no_grad():
         model.fusion.score_weight.normal_()
     model.save_pretrained(tmp_path)
-    loaded = AutoModel.from_pretrained(tmp_path)
+    loaded = GCLModel.from_pretrained(tmp_path)
     torch.testing.assert_close(loaded.fusion.score_weight, model.fusion.score_weight)
     # One bias per modality: a strong preference for the image makes the fused vector the image's.
     with torch.no_grad():
@@ -65,16 +65,22 @@ def test_attention_fusion_is_learnable_and_round_trips(tmp_path, sample_batch):
     torch.testing.assert_close(out.fused_embeds, out.image_embeds, atol=1e-5, rtol=0)
 
 
-def test_save_and_load_with_auto_classes_gives_identical_embeddings(tmp_path, small_gcl_model, processor, sample_batch):
+def test_save_and_load_gives_identical_embeddings(tmp_path, small_gcl_model, processor, sample_batch):
+    """A CLIP backbone saves as a native CLIP checkpoint: the Auto classes see CLIP, `GCLModel` / `GCLProcessor` (and
+    `load_gcl_config`) read it back as GCL."""
     small_gcl_model.save_pretrained(tmp_path)
     processor.save_pretrained(tmp_path)
     assert os.path.exists(tmp_path / "model.safetensors")
     assert not list(tmp_path.glob("*.bin"))
-    config = AutoConfig.from_pretrained(tmp_path)
+    assert type(AutoConfig.from_pretrained(tmp_path)).__name__ == "CLIPConfig"
+    assert type(AutoModel.from_pretrained(tmp_path)).__name__ == "CLIPModel"
+    assert type(AutoProcessor.from_pretrained(tmp_path)).__name__ == "CLIPProcessor"
+    config = load_gcl_config(tmp_path)
     assert isinstance(config, GCLConfig) and config.fusion == "sum"
-    loaded = AutoModel.from_pretrained(tmp_path).eval()
+    assert isinstance(GCLConfig.from_pretrained(tmp_path), GCLConfig)
+    loaded = GCLModel.from_pretrained(tmp_path).eval()
     assert isinstance(loaded, GCLModel)
-    loaded_processor = AutoProcessor.from_pretrained(tmp_path)
+    loaded_processor = GCLProcessor.from_pretrained(tmp_path)
     assert isinstance(loaded_processor, GCLProcessor)
     with torch.no_grad():
         before = small_gcl_model(**sample_batch)

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from modeling_gcl import GCLConfig, GCLModel, GCLProcessor, GCLScoreFusion, l2_normalize
+from modeling_gcl import GCLConfig, GCLModel, GCLProcessor, GCLScoreFusion, l2_normalize, load_gcl_config
 
 from .atomic import atomic_write_json, staged_directory
 from .data import BUNDLED_SAMPLE_DIR, read_jsonl_objects
@@ -457,8 +457,6 @@ def _as_texts(texts: str | Sequence[str]) -> list[str]:
 def check_gcl_model_dir(model_dir: str | os.PathLike) -> GCLConfig:
     """The config of the saved GCL model in `model_dir`; a clear error names the path when it is not one. Reads only
     `config.json`, so a wrong path fails at once, before any weights or exporter are loaded."""
-    from transformers import AutoConfig
-
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise FileNotFoundError(f"{model_dir}: no such model directory.")
@@ -468,14 +466,15 @@ def check_gcl_model_dir(model_dir: str | os.PathLike) -> GCLConfig:
             "adapter must be merged first)."
         )
     try:
-        config = AutoConfig.from_pretrained(model_dir)
+        config = load_gcl_config(model_dir)  # either layout: a CLIP config.json with a `gcl` section, or "gcl"
     except (OSError, ValueError, KeyError) as error:
         raise OnnxExportError(
             f"{model_dir} is not a saved GCL model: its config.json does not load ({error})."
         ) from error
-    if not isinstance(config, GCLConfig):
+    if config is None:
+        model_type = json.loads((model_dir / "config.json").read_text(encoding="utf-8")).get("model_type")
         raise OnnxExportError(
-            f"{model_dir} is not a GCL model (model_type {config.model_type!r}, expected 'gcl'); wrap a CLIP backbone "
+            f"{model_dir} is not a GCL model (model_type {model_type!r} with no `gcl` section); wrap a CLIP backbone "
             "with GCLModel.from_backbone and save it, or export a gcl-train output."
         )
     return config
