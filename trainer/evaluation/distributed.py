@@ -27,6 +27,13 @@ def is_main_process() -> bool:
     return world()[0] == 0
 
 
+def launcher_rank() -> int:
+    """This process's rank as the launcher set it (`RANK`), valid also before or after the group exists."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    return int(os.environ.get("RANK", "0"))
+
+
 def launched_distributed() -> bool:
     """Whether a launcher (torchrun, accelerate launch) started this process as one of several."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -134,3 +141,8 @@ def gather_batches(local: torch.Tensor | None, num_items: int, batch_size: int, 
         pieces.append(gathered[owner].narrow(item_dim, offsets[owner], length))
         offsets[owner] += length
     return torch.cat(pieces, dim=item_dim).cpu()
+
+
+def destroy() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 from ..data import ROW_INDEX_KEY, GCLCollator
 from .distributed import is_main_process
 from .encoding import EmbeddingCache, GCLEmbedder, encode_aligned_pairs, evaluation_mode
+from .files import EvaluationDataError
 from .metrics import metrics_from_positive_ranks
 from .search import TIE_DESCRIPTIONS, check_ties, positive_ranks
 
@@ -152,7 +153,7 @@ class ModalityMatrixEvaluator:
                 rows[ROW_INDEX_KEY] = [row[ROW_INDEX_KEY] for row in dataset]
         prefix = f"{source}: " if source else ""
         if not present >= set(columns):
-            raise ValueError(f"{prefix}missing column(s) {sorted(set(columns) - present)}; has {sorted(present)}.")
+            raise EvaluationDataError(f"{prefix}missing column(s) {sorted(set(columns) - present)}; has {sorted(present)}.")
         # The data's own row numbers (gcl_row_index survives hold-out splits) name bad rows in errors.
         self.rows = list(rows[ROW_INDEX_KEY]) if ROW_INDEX_KEY in rows else None
         self.images = list(rows[image_column])
@@ -161,7 +162,7 @@ class ModalityMatrixEvaluator:
             for position, caption in enumerate(rows[caption_column])
         ]
         if not self.images:
-            raise ValueError(f"{prefix}ModalityMatrixEvaluator: the dataset is empty.")
+            raise EvaluationDataError(f"{prefix}ModalityMatrixEvaluator: the dataset is empty.")
         self.ties = check_ties(ties)
         self.distributed = distributed
         self.metrics = tuple(metrics)
@@ -193,5 +194,5 @@ class ModalityMatrixEvaluator:
 
 def _checked_caption(caption, row: int, prefix: str = "") -> str:
     if not isinstance(caption, str) or not caption.strip():
-        raise ValueError(f"{prefix}row {row}: caption {caption!r} is empty or not a string.")
+        raise EvaluationDataError(f"{prefix}row {row}: caption {caption!r} is empty or not a string.")
     return caption.strip()
