@@ -10,6 +10,7 @@ from dataclasses import field
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
+from .configuration_dual_encoder import GCLDualEncoderConfig
 from .configuration_vista import GCLEvaVisionConfig, GCLVistaConfig
 
 # The six ordered pairs of different modalities of GCL (paper Eq. 2), named `<anchor>2<positive>`.
@@ -23,8 +24,9 @@ FUSION_MODES = ("sum", "normalized_sum", "mean", "attention")
 SUPPORTED_ENCODERS = ("clip",)
 
 # `backbone_type`: "clip" wraps a CLIPModel (`encoder_config`, score fusion); "vista" is BAAI's Visualized-BGE
-# (`vista_config`), whose fused embedding comes from image tokens fed into the text encoder.
-BACKBONE_TYPES = ("clip", "vista")
+# (`vista_config`), whose fused embedding comes from image tokens fed into the text encoder; "dual_encoder" is any
+# vision tower plus a BERT-family text tower with learned projections (`dual_encoder_config`), fused as CLIP is.
+BACKBONE_TYPES = ("clip", "vista", "dual_encoder")
 # The only fusion of a VISTA backbone: image tokens inside the text encoder's sequence.
 TOKEN_FUSION = "tokens"
 # VISTA trains with a fixed temperature of 0.02 (FlagEmbedding's Visualized-BGE).
@@ -67,6 +69,10 @@ class GCLConfig(PreTrainedConfig):
         vista_config (`dict` or [`GCLVistaConfig`], *optional*):
             The VISTA backbone (`text_config`, `vision_config`); defaults to the sizes of Visualized_base_en_v1.5 when
             `backbone_type="vista"`, `None` otherwise.
+        dual_encoder_config (`dict` or [`GCLDualEncoderConfig`], *optional*):
+            The dual-encoder backbone (`vision_config`, `text_config`, `projection_dim`, `text_pooling`) when
+            `backbone_type="dual_encoder"` (default: EfficientNet-Lite0 + BERT-base sizes), `None` otherwise. Fused
+            like CLIP (`fusion`); its logit scale starts at CLIP's log(1/0.07) unless `temperature` is given.
         fusion (`str`, *optional*, defaults to `"sum"` for CLIP, `"tokens"` for VISTA):
             How a fused image+text embedding is made. VISTA only has `"tokens"`: the image's patch tokens are inserted
             after the text's [CLS] and the joint sequence runs through the text encoder. For CLIP it is pooled from
@@ -106,11 +112,13 @@ class GCLConfig(PreTrainedConfig):
     sub_configs_defaults = {
         "encoder_config": SubConfigSpec(config_class=AutoConfig, model_type="clip", optional=True),
         "vista_config": SubConfigSpec(config_class=GCLVistaConfig, optional=True),
+        "dual_encoder_config": SubConfigSpec(config_class=GCLDualEncoderConfig, optional=True),
     }
 
     backbone_type: str = "clip"
     encoder_config: PreTrainedConfig | dict | None = None
     vista_config: GCLVistaConfig | dict | None = None
+    dual_encoder_config: GCLDualEncoderConfig | dict | None = None
     fusion: str | None = None
     temperature: float | None = None
     learnable_temperature: bool | None = None
@@ -127,8 +135,12 @@ class GCLConfig(PreTrainedConfig):
             raise ValueError(
                 f"GCLConfig: backbone_type {self.backbone_type!r} is not one of {', '.join(BACKBONE_TYPES)}."
             )
+        if self.backbone_type != "dual_encoder" and self.dual_encoder_config is not None:
+            raise ValueError("GCLConfig: `dual_encoder_config` needs backbone_type='dual_encoder'.")
         if self.backbone_type == "vista":
             self._resolve_vista_defaults()
+        elif self.backbone_type == "dual_encoder":
+            self._resolve_dual_encoder_defaults()
         else:
             self._resolve_clip_defaults()
         if self.temperature is not None and not self.temperature > 0:
@@ -162,6 +174,17 @@ class GCLConfig(PreTrainedConfig):
         self.temperature = VISTA_TEMPERATURE if self.temperature is None else self.temperature
         self.learnable_temperature = False if self.learnable_temperature is None else self.learnable_temperature
 
+    def _resolve_dual_encoder_defaults(self):
+        if self.encoder_config is not None or self.vista_config is not None:
+            raise ValueError("GCLConfig: backbone_type='dual_encoder' takes `dual_encoder_config`, not "
+                             "`encoder_config` / `vista_config`.")
+        if self.dual_encoder_config is None:
+            self.dual_encoder_config = GCLDualEncoderConfig()
+        self.fusion = "sum" if self.fusion is None else self.fusion
+        if self.fusion not in FUSION_MODES:
+            raise ValueError(f"GCLConfig: fusion {self.fusion!r} is not one of {', '.join(FUSION_MODES)}.")
+        self.learnable_temperature = True if self.learnable_temperature is None else self.learnable_temperature
+
     def _resolve_clip_defaults(self):
         if self.vista_config is not None:
             raise ValueError("GCLConfig: `vista_config` needs backbone_type='vista'.")
@@ -182,21 +205,10 @@ class GCLConfig(PreTrainedConfig):
         """Size of the shared embedding space (the text hidden size for VISTA)."""
         if self.backbone_type == "vista":
             return self.vista_config.hidden_size
+        if self.backbone_type == "dual_encoder":
+            return self.dual_encoder_config.projection_dim
         return self.encoder_config.projection_dim
 
-
-__all__ = [
-    "GCLConfig",
-    "GCLEvaVisionConfig",
-    "GCLVistaConfig",
-    "ALL_LOSS_PAIRS",
-    "BACKBONE_TYPES",
-    "FUSION_MODES",
-    "MODALITIES",
-    "TOKEN_FUSION",
-    "check_loss_modalities",
-    "split_pair",
-]
     @classmethod
     def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
         # A CLIP-backbone model is saved as a native CLIP config.json with a `gcl` section (see `is_clip_layout`):
@@ -332,6 +344,8 @@ def load_gcl_config(pretrained_model_name_or_path, **kwargs) -> "GCLConfig | Non
         return None
     return GCLConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
 
+
+__all__ = [
     "load_gcl_config",
     "GCL_SECTION_FIELDS",
     "GCL_SECTION_FORMAT_VERSION",
@@ -340,3 +354,15 @@ def load_gcl_config(pretrained_model_name_or_path, **kwargs) -> "GCLConfig | Non
     "gcl_dict_from_clip_layout",
     "gcl_section",
     "is_clip_layout",
+    "GCLConfig",
+    "GCLDualEncoderConfig",
+    "GCLEvaVisionConfig",
+    "GCLVistaConfig",
+    "ALL_LOSS_PAIRS",
+    "BACKBONE_TYPES",
+    "FUSION_MODES",
+    "MODALITIES",
+    "TOKEN_FUSION",
+    "check_loss_modalities",
+    "split_pair",
+]

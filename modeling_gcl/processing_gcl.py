@@ -61,6 +61,58 @@ class GCLProcessor(ProcessorMixin):
         )
         return cls(image_processor=image_processor, tokenizer=tokenizer)
 
+    @classmethod
+    def from_towers(cls, vision_model, text_model, image_processor=None, tokenizer=None, **kwargs) -> "GCLProcessor":
+        r"""
+        The processor of a dual encoder (`GCLModel.from_towers`): the vision tower's image processor and the text
+        tower's tokenizer (returning `input_ids` and `attention_mask` only).
+
+        Args:
+            vision_model (`str` or `PreTrainedModel`): Hub id / directory of the vision tower (its
+                `preprocessor_config.json` is read), or the loaded tower (an EfficientNet-Lite gets its standard
+                transform; other loaded towers need `image_processor`).
+            text_model (`str`): Hub id / directory of the text tower (its tokenizer); a loaded tower needs `tokenizer`.
+            image_processor, tokenizer (*optional*): use these instead.
+        """
+        if image_processor is None:
+            if isinstance(vision_model, str):
+                try:
+                    image_processor = AutoImageProcessor.from_pretrained(vision_model, **kwargs)
+                except (OSError, ValueError, KeyError) as error:
+                    raise ValueError(
+                        f"The vision tower {vision_model} has no image processor (preprocessor_config.json) that "
+                        f"AutoImageProcessor can load ({type(error).__name__}: {str(error).splitlines()[0]}); save one "
+                        "beside it or pass image_processor=."
+                    ) from error
+            elif getattr(getattr(vision_model, "config", None), "model_type", None) == "gcl_efficientnet_lite":
+                image_processor = cls.efficientnet_lite_image_processor(vision_model.config.image_size)
+            else:
+                raise ValueError(
+                    f"The vision tower was given as a loaded {type(vision_model).__name__}, whose image processor "
+                    "cannot be found; pass its Hub id / directory or image_processor=."
+                )
+        if tokenizer is None:
+            if not isinstance(text_model, str):
+                raise ValueError("The text tower was given as a loaded model; pass its Hub id / directory or tokenizer=.")
+            tokenizer = AutoTokenizer.from_pretrained(text_model, model_input_names=["input_ids", "attention_mask"], **kwargs)
+        return cls(image_processor=image_processor, tokenizer=tokenizer)
+
+    @staticmethod
+    def efficientnet_lite_image_processor(image_size: int = 224) -> CLIPImageProcessorPil:
+        r"""
+        EfficientNet-Lite's evaluation transform (TF `preprocessing.py`): shorter side resized to `image_size + 32`,
+        bicubic, centre crop of `image_size`, RGB, pixels scaled to [-1, 1] as `(x - 0.5) / 0.5` (mean = std = 0.5).
+        """
+        return CLIPImageProcessorPil(
+            size={"shortest_edge": image_size + 32},
+            crop_size={"height": image_size, "width": image_size},
+            resample=3,  # bicubic
+            do_center_crop=True,
+            do_convert_rgb=True,
+            image_mean=[0.5, 0.5, 0.5],
+            image_std=[0.5, 0.5, 0.5],
+        )
+
     @property
     def is_clip_processor(self) -> bool:
         """Whether this holds exactly what `CLIPProcessor` holds: a CLIP tokenizer and a CLIP image processor."""
