@@ -35,6 +35,8 @@ SENTENCE_TRANSFORMER_CONFIG = {
     "similarity_fn_name": "cosine",
 }
 MODULE_CONFIG = {"max_seq_length": None}  # None: the tokenizer's maximum (77 for CLIP)
+# Every file the writer adds beside what the model's and processor's `save_pretrained` write.
+SENTENCE_TRANSFORMERS_FILES = (MODULES_FILE, MODEL_CONFIG_FILE, MODULE_CONFIG_FILE, MODULE_FILE)
 
 
 def _write_json(path: Path, content) -> None:
@@ -86,4 +88,10 @@ def write_sentence_transformers_files(directory: str | os.PathLike) -> bool:
     return True
 
 
-__all__ = ["MODULE_CLASS", "MODULE_CONFIG_FILE", "MODULE_FILE", "write_sentence_transformers_files"]
+__all__ = [
+    "MODULE_CLASS",
+    "MODULE_CONFIG_FILE",
+    "MODULE_FILE",
+    "SENTENCE_TRANSFORMERS_FILES",
+    "write_sentence_transformers_files",
+]

@@ -198,9 +198,10 @@ class GCLEmbedding(InputModule):
         try:
             processor = GCLProcessor.from_pretrained(model_name_or_path, **hub_kwargs, **processor_kwargs)
         except OSError as error:
+            reason = str(error).split(". ")[0]  # transformers' first sentence, without its advice about the Hub
             raise OSError(
-                f"{model_name_or_path} has a GCL model but no loadable processor ({error}); save the GCLProcessor "
-                "beside it: processor.save_pretrained(folder)."
+                f"{model_name_or_path} has a GCL model but its processor did not load ({reason}); save the "
+                "GCLProcessor beside the model: processor.save_pretrained(folder)."
             ) from None
         return cls(model, processor, **config)
 
