@@ -172,6 +172,7 @@ class TiledSoftmaxLoss(torch.autograd.Function):
         candidates = anchors if ctx.shared else blocks[ctx.num_blocks:]
         num_anchors, num_candidates = anchors[0].shape[0], candidates[0].shape[0]
         offset = spec.offset
+        keep = spec.tile_size is None
 
         # d loss / d logit: per row, `row_scale · exp(s − LSE_neg)` on the negatives, and `same_grads` on the row's
         # same-sample cells (softmax minus the positive's target, summed over the row's terms).
@@ -195,15 +196,20 @@ class TiledSoftmaxLoss(torch.autograd.Function):
                 for c in spec.spans[a]:
                     for k0, k1 in _chunks(num_candidates, tile):
                         entry = ctx.kept.pop((a, j0, c, k0), None)
-                        if entry is None:  # recompute the tile exactly as the forward made it
-                            if buffer is None:
-                                buffer = anchors[0].new_empty(min(tile, num_anchors) * min(tile, num_candidates))
+                        if entry is None and buffer is None:
+                            buffer = anchors[0].new_empty(min(tile, num_anchors) * min(tile, num_candidates))
+                        if entry is None and not keep:
                             logits = _tile_logits(buffer, anchors[a][j0:j1], candidates[c][k0:k1], inv_tau,
                                                   offset + j0 - k0)
-                            shift = _finite_or_zero(logits.amax(dim=1))
-                            entry = (logits.sub_(shift[:, None]).exp_(), shift)
-                        grads, shift = entry
-                        grads.mul_((row_scale[a][j0:j1] * torch.exp(shift - finite_lse[j0:j1]))[:, None])
+                            grads = logits.sub_(finite_lse[j0:j1, None]).exp_().mul_(row_scale[a][j0:j1, None])
+                        else:
+                            if entry is None:  # a second backward: recompute the kept tile as the forward made it
+                                logits = _tile_logits(buffer, anchors[a][j0:j1], candidates[c][k0:k1], inv_tau,
+                                                      offset + j0 - k0)
+                                shift = _finite_or_zero(logits.amax(dim=1))
+                                entry = (logits.sub_(shift[:, None]).exp_(), shift)
+                            grads, shift = entry
+                            grads.mul_((row_scale[a][j0:j1] * torch.exp(shift - finite_lse[j0:j1]))[:, None])
                         anchor_grads[a][j0:j1].addmm_(grads, candidates[c][k0:k1])
                         candidate_grads[c][k0:k1].addmm_(grads.T, anchors[a][j0:j1])
                         del grads, entry
