@@ -10,6 +10,7 @@ remote code. Training losses live in the `trainer` package of the library; `forw
 them when the library is installed.
 """
 
+import copy
 import json
 import math
 import os
@@ -358,7 +359,12 @@ class GCLModel(GCLPreTrainedModel):
             raise TypeError(f"from_vista_backbone expects a text encoder or its path/Hub id, got {type(text_model).__name__}")
         if getattr(text_model, "pooler", None) is not None:
             text_model.pooler = None  # VISTA pools [CLS] itself; an unused pooler would only waste memory and LoRA targets
-        text_config = text_model.config
+        if load_kwargs.get("attn_implementation") not in (None, text_model.config._attn_implementation):
+            text_model.set_attn_implementation(load_kwargs["attn_implementation"])  # a loaded module: asked to switch
+        attn_implementation = text_model.config._attn_implementation
+        # A copy: building the composite config resets its sub-configs' attention implementation, and the caller's
+        # configuration object must not change.
+        text_config = copy.deepcopy(text_model.config)
         if cls_token_id is None:
             cls_token_id = text_config.bos_token_id if text_config.bos_token_id is not None else 101
         if sep_token_id is None:
@@ -373,7 +379,7 @@ class GCLModel(GCLPreTrainedModel):
             cls_token_id=cls_token_id,
             sep_token_id=sep_token_id,
         )
-        kwargs.setdefault("attn_implementation", text_config._attn_implementation)
+        kwargs.setdefault("attn_implementation", attn_implementation)
         config = GCLConfig(
             backbone_type="vista",
             vista_config=vista_config,
@@ -419,8 +425,6 @@ class GCLModel(GCLPreTrainedModel):
             kwargs: further [`GCLConfig`] fields. `dtype`, `revision`, `token`, `cache_dir`, `local_files_only` and
                 `attn_implementation` are passed on to `AutoModel.from_pretrained` for towers given as strings.
         """
-        import copy
-
         from .configuration_dual_encoder import GCLDualEncoderConfig
         from .modeling_dual_encoder import load_tower, read_text_pooling
 
