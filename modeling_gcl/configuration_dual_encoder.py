@@ -28,7 +28,7 @@ VISION_POOLING_MODES = ("auto", "mean", "cls")
 CLIP_LOGIT_SCALE_INIT = math.log(1 / 0.07)
 
 
-def tower_hidden_size(config: PreTrainedConfig, role: str) -> int:
+def tower_hidden_size(config: PreTrainedConfig, role: str, source: str | None = None) -> int:
     """The width of the vector a tower's pooling yields: `hidden_sizes[-1]` for stage-wise CNNs (ConvNeXt, ResNet),
     else `hidden_size`; a `ValueError` naming the config when it has neither."""
     sizes = getattr(config, "hidden_sizes", None)
@@ -38,7 +38,7 @@ def tower_hidden_size(config: PreTrainedConfig, role: str) -> int:
     if isinstance(size, int) and size > 0:
         return size
     raise ValueError(
-        f"The {role} tower's config ({type(config).__name__}, model_type {getattr(config, 'model_type', None)!r}) "
+        f"The {role} tower{f' {source}' if source else ''}: its config ({type(config).__name__}, model_type {getattr(config, 'model_type', None)!r}) "
         "has neither `hidden_size` nor `hidden_sizes`, so the size of its pooled features cannot be read; pass a "
         f"tower whose config has one (for a composite model such as CLIP, its {role} sub-model)."
     )

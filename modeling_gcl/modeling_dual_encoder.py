@@ -111,8 +111,8 @@ _HUB_KEYS = ("revision", "token", "cache_dir", "local_files_only")
 def load_tower(source: "str | PreTrainedModel", role: str, load_kwargs: dict) -> PreTrainedModel:
     r"""
     A pretrained tower for a dual encoder: `source` as given when it is a loaded `PreTrainedModel`, else the model of
-    the Hub id or directory (an EfficientNet-Lite folder as [`GCLEfficientNetLiteModel`], others through `AutoModel`;
-    text towers without their pooler). Raises a `ValueError` naming the tower when its feature size cannot be read.
+    the Hub id or directory (an EfficientNet-Lite folder as [`GCLEfficientNetLiteModel`], others through
+    `AutoModel`). Raises a `ValueError` naming the tower when its feature size cannot be read.
     """
     from .configuration_dual_encoder import tower_hidden_size
 
@@ -120,16 +120,11 @@ def load_tower(source: "str | PreTrainedModel", role: str, load_kwargs: dict) ->
         from transformers import AutoConfig
 
         config = AutoConfig.from_pretrained(source, **{k: v for k, v in load_kwargs.items() if k in _HUB_KEYS})
-        tower_hidden_size(config, f"{role} ({source})")
+        tower_hidden_size(config, role, source)
         if config.model_type == GCLEfficientNetLiteConfig.model_type:
             kwargs = {k: v for k, v in load_kwargs.items() if k != "attn_implementation"}  # a CNN has no attention
             model = GCLEfficientNetLiteModel.from_pretrained(source, **kwargs)
-        elif role == "text":
-            try:
-                model = AutoModel.from_pretrained(source, add_pooling_layer=False, **load_kwargs)
-            except TypeError:
-                model = AutoModel.from_pretrained(source, **load_kwargs)
-        else:
+        else:  # a text tower's pooler, if any, is loaded (no missing-key report) and dropped by `from_towers`
             model = AutoModel.from_pretrained(source, **load_kwargs)
     else:
         model = source

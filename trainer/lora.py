@@ -21,6 +21,15 @@ LORA_TARGET_PRESETS = {
     "eva": ("q_proj", "k_proj", "v_proj", "out_proj", "gate_proj", "up_proj", "down_proj"),
 }
 LORA_TARGET_PRESETS["vista"] = LORA_TARGET_PRESETS["bert"] + LORA_TARGET_PRESETS["eva"] + ("visual_proj",)
+# EfficientNet-Lite: its 1x1 convolutions (expansion, projection, head); the depthwise convolutions are left out
+# (grouped convolutions, few weights).
+LORA_TARGET_PRESETS["efficientnet_lite"] = ("expand_conv", "project_conv", "head_conv")
+# A dual encoder: the BERT-family text tower, whichever of the CLIP-style / BERT-style (ViT, DINOv2) / EfficientNet
+# layer names its vision tower has, and the two new projections.
+LORA_TARGET_PRESETS["dual_encoder"] = tuple(dict.fromkeys(
+    LORA_TARGET_PRESETS["bert"] + LORA_TARGET_PRESETS["clip"] + LORA_TARGET_PRESETS["efficientnet_lite"]
+    + ("visual_projection", "text_projection")
+))
 
 # The towers `freeze_towers` / `apply_lora(frozen_towers=...)` know, as module-name prefixes of a GCLModel.
 TOWER_PREFIXES = {
@@ -28,11 +37,15 @@ TOWER_PREFIXES = {
              "vision": ("encoder.vision_model", "encoder.visual_projection")},
     # VISTA's first training stage froze the text encoder and trained the vision tower and `visual_proj`.
     "vista": {"text": ("encoder.text_model",), "vision": ("encoder.vision_model",)},
+    # A dual encoder's projections are new layers, not part of the pretrained towers: they keep training when a tower
+    # is locked (`--freeze_towers vision` is LiT: the image tower fixed, both projections and the text tower learn).
+    "dual_encoder": {"text": ("encoder.text_model",), "vision": ("encoder.vision_model",)},
 }
 
 
 def _backbone(model: GCLModel) -> str:
-    return "vista" if getattr(model.config, "backbone_type", "clip") == "vista" else model.config.encoder_config.model_type
+    backbone_type = getattr(model.config, "backbone_type", "clip")
+    return backbone_type if backbone_type in ("vista", "dual_encoder") else model.config.encoder_config.model_type
 
 
 def _in_towers(name: str, model: GCLModel, towers: Sequence[str]) -> bool:
@@ -85,8 +98,9 @@ def apply_lora(
         targets = sorted(
             name
             for name, module in model.named_modules()
-            if isinstance(module, torch.nn.Linear)
+            if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d))
             and name.rsplit(".", 1)[-1] in targets
+            and (isinstance(module, torch.nn.Linear) or module.groups == 1)
             and not _in_towers(name, model, frozen_towers)
         )
         if not targets:
