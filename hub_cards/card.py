@@ -15,6 +15,8 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from modeling_gcl.configuration_gcl import gcl_dict_from_clip_layout, is_clip_layout
+
 from .redact import LocalPathRedactor, is_local_path, public_name
 from .run_record import RunInfo, read_run
 
@@ -24,11 +26,15 @@ CITATION_FILE = TEMPLATES_DIR / "citation.bib"
 PAPER_ARXIV_ID = "2509.25638"
 PAPER_URL = f"https://arxiv.org/abs/{PAPER_ARXIV_ID}"
 
-TAGS = ("gcl", "generalized-contrastive-learning", "multimodal-retrieval", "image-text-retrieval", "clip",
+TAGS = ("gcl", "generalized-contrastive-learning", "multimodal-retrieval", "image-text-retrieval",
         f"arxiv:{PAPER_ARXIV_ID}")
+CLIP_TAGS = ("clip",)
 ADAPTER_TAGS = ("peft", "lora")
 
-# Hub widget examples per pipeline tag: what the widget on the model page sends to the pipeline of that tag.
+# Hub widget examples per pipeline tag: what the widget on the model page sends to the pipeline of that tag. Only a
+# native CLIP checkpoint gets one, and only for zero-shot classification: that is the one widget the Hub can serve with
+# transformers' own code (transformers' feature-extraction pipeline cannot embed images or fused items, and the
+# repository's custom pipeline needs trust_remote_code, which hosted inference refuses).
 WIDGETS = {
     "zero-shot-image-classification": [
         {
@@ -42,14 +48,20 @@ WIDGETS = {
             "example_title": "Airport",
         },
     ],
-    "feature-extraction": [
-        {"text": "a red bicycle leaning against a brick wall", "example_title": "Text"},
-    ],
+    "feature-extraction": None,
 }
 PIPELINE_TAGS = tuple(WIDGETS)
 # The metric of the held-out modality-matrix heatmap an export draws when the run saved none.
 HOLDOUT_HEATMAP_METRIC = "hit@1"
-DEFAULT_PIPELINE_TAG = "zero-shot-image-classification"
+DEFAULT_PIPELINE_TAG = "zero-shot-image-classification"  # of a native CLIP checkpoint
+CUSTOM_CODE_PIPELINE_TAG = "feature-extraction"  # of a model only its own code runs (VISTA, dual encoders)
+
+# The one line that turns CLIP's two projections into the fused embedding, per fusion (`F` is torch.nn.functional).
+FUSED_EMBEDDING_CODE = {
+    "sum": "F.normalize(image_features + text_features, dim=-1)",
+    "mean": "F.normalize((image_features + text_features) / 2, dim=-1)",
+    "normalized_sum": "F.normalize(F.normalize(image_features, dim=-1) + F.normalize(text_features, dim=-1), dim=-1)",
+}
 
 MODALITY_NAMES = {"i": "image", "t": "text", "it": "image+text"}
 FUSION_DESCRIPTIONS = {
@@ -369,18 +381,19 @@ def _trained_logit_scale(output_dir: Path) -> float | None:
     """exp(`encoder.logit_scale`) read from the saved safetensors (one tensor, not the whole model)."""
     from safetensors import safe_open
 
-    weights, key = output_dir / "model.safetensors", "encoder.logit_scale"
-    index = output_dir / "model.safetensors.index.json"
-    if index.is_file():
-        with open(index, encoding="utf-8") as handle:
-            shard = json.load(handle)["weight_map"].get(key)
-        weights = output_dir / shard if shard else None
-    if weights is None or not weights.is_file():
-        return None
-    with safe_open(str(weights), framework="pt") as handle:
-        if key not in handle.keys():
-            return None
-        return float(handle.get_tensor(key).float().exp())
+    for key in ("logit_scale", "encoder.logit_scale"):  # the CLIP layout's name, then the GCL layout's
+        weights = output_dir / "model.safetensors"
+        index = output_dir / "model.safetensors.index.json"
+        if index.is_file():
+            with open(index, encoding="utf-8") as handle:
+                shard = json.load(handle)["weight_map"].get(key)
+            weights = output_dir / shard if shard else None
+        if weights is None or not weights.is_file():
+            continue
+        with safe_open(str(weights), framework="pt") as handle:
+            if key in handle.keys():
+                return float(handle.get_tensor(key).float().exp())
+    return None
 
 
 def _hyperparameters_text(run: RunInfo) -> str:
@@ -499,6 +512,46 @@ def _dataset_label(run: RunInfo, datasets: list[str] | None) -> str:
     return display_name(str(record.get("dataset") or "training data"))
 
 
+@dataclass
+class RepositoryKind:
+    """What the published repository is, read from its own files: which code can run it, hence which metadata and
+    usage snippets are true for it."""
+
+    native_clip: bool  # a CLIP checkpoint that transformers runs without custom code (the CLIP layout)
+    backbone_type: str  # "clip", "vista", "dual_encoder"
+    fusion: str
+    sentence_transformers: str | None  # the `SentenceTransformer(...)` call that loads it, when it has modules.json
+
+    @property
+    def fused_embedding_code(self) -> str | None:
+        """The one line giving the fused embedding from `get_image_features` / `get_text_features`, when there is one."""
+        return FUSED_EMBEDDING_CODE.get(self.fusion) if self.native_clip else None
+
+
+def repository_kind(config: dict[str, Any], repo_dir: Path | None, repo_id: str) -> RepositoryKind:
+    """Classify a model repository from its `config.json` (either layout) and `modules.json` (sentence-transformers)."""
+    native = is_clip_layout(config)
+    gcl_config = gcl_dict_from_clip_layout(config) if native else config
+    st_call = None
+    modules_file = None if repo_dir is None else Path(repo_dir) / "modules.json"
+    if modules_file is not None and modules_file.is_file():
+        try:
+            modules = json.loads(modules_file.read_text(encoding="utf-8"))
+            types = [str(module.get("type", "")) for module in modules]
+        except (ValueError, AttributeError, TypeError):
+            types = []
+        if types:
+            # A module type outside sentence_transformers is code from the repository: it needs trust_remote_code.
+            remote = any(not module_type.startswith("sentence_transformers.") for module_type in types)
+            st_call = f'SentenceTransformer("{repo_id}"' + (", trust_remote_code=True" if remote else "") + ")"
+    return RepositoryKind(native_clip=native, backbone_type=str(gcl_config.get("backbone_type", "clip")),
+                          fusion=str(gcl_config.get("fusion", "sum")), sentence_transformers=st_call)
+
+
+def default_pipeline_tag(kind: RepositoryKind) -> str:
+    return DEFAULT_PIPELINE_TAG if kind.native_clip else CUSTOM_CODE_PIPELINE_TAG
+
+
 def build_card_data(
     run: RunInfo,
     repo_id: str,
@@ -509,9 +562,15 @@ def build_card_data(
     pipeline_tag: str,
     evaluations: list[tuple[EvaluationMetrics, list[str]]],
     is_adapter: bool,
+    kind: RepositoryKind | None = None,
 ) -> ModelCardData:
     """The card's YAML metadata: library, pipeline tag and widget, tags, base model, datasets, licence, and the
-    model-index (the held-out modality matrix after training, then every evaluation)."""
+    model-index (the held-out modality matrix after training, then every evaluation).
+
+    Only what a page can really run is claimed: a native CLIP checkpoint is a `transformers` model with the zero-shot
+    widget; a model only its own code runs (VISTA, dual encoders) gets no widget, and names sentence-transformers as
+    its library when it has `modules.json`."""
+    kind = kind or repository_kind(run.config, run.output_dir, repo_id)
     hub_datasets = [d for d in (datasets or []) if is_hub_id(d)]
     record_dataset = (run.record or {}).get("dataset")
     if not datasets and is_hub_id(record_dataset):
@@ -519,16 +578,26 @@ def build_card_data(
     eval_results = holdout_eval_results(run, _dataset_label(run, datasets))
     for evaluation, _ in evaluations:
         eval_results += evaluation.eval_results()
+    if is_adapter:
+        library_name = "peft"
+    elif kind.native_clip or kind.sentence_transformers is None:
+        library_name = "transformers"
+    else:
+        library_name = "sentence-transformers"
+    servable = kind.native_clip and not is_adapter  # the Hub runs it with transformers' own code
+    tags = list(TAGS) + (list(CLIP_TAGS) if kind.backbone_type == "clip" else [])
+    tags += list(ADAPTER_TAGS) if is_adapter else []
+    tags += ["sentence-transformers"] if kind.sentence_transformers and library_name != "sentence-transformers" else []
     return ModelCardData(
-        library_name="peft" if is_adapter else "transformers",
+        library_name=library_name,
         pipeline_tag=pipeline_tag,
-        tags=list(TAGS) + (list(ADAPTER_TAGS) if is_adapter else []),
+        tags=tags,
         base_model=base_model if is_hub_id(base_model) else None,
         datasets=hub_datasets or None,
         license=license,
         model_name=repo_id.split("/")[-1],
         eval_results=eval_results or None,
-        widget=WIDGETS[pipeline_tag],
+        widget=WIDGETS[pipeline_tag] if servable else None,
     )
 
 
@@ -567,11 +636,12 @@ def render_model_card(
     datasets: list[str] | None = None,
     license: str | None = None,
     eval_metrics: str | os.PathLike | None = None,
-    pipeline_tag: str = DEFAULT_PIPELINE_TAG,
+    pipeline_tag: str | None = None,
     lora: str | None = None,
     library_url: str | None = None,
     heatmap: str | None = None,
     template_path: str | os.PathLike = MODEL_CARD_TEMPLATE,
+    repo_dir: str | os.PathLike | None = None,
 ) -> ModelCard:
     r"""
     Render the model card of a `gcl-train` output directory.
@@ -584,15 +654,23 @@ def render_model_card(
         license: the model's licence id (`apache-2.0`, `mit`, ...); default: `apache-2.0` for a model trained from
             scratch with gcl-hf, none otherwise (a fine-tune inherits its base model's licence: pass it).
         eval_metrics: an evaluation `metrics.json` to report (see `EvaluationMetrics`) and put in the model-index.
-        pipeline_tag: the Hub widget's task, `zero-shot-image-classification` or `feature-extraction`.
+        pipeline_tag: the model's Hub task, `zero-shot-image-classification` or `feature-extraction`; default: the
+            former for a native CLIP checkpoint (which also gets the zero-shot widget), the latter otherwise.
         lora: `"adapter"` for the card of a LoRA adapter repository, else the card of a full model.
         library_url: where gcl-hf is published, linked from the card when given.
         heatmap: the repository path of a heatmap of the held-out modality matrix; default: the one saved in the run
             directory, if any.
+        repo_dir: the repository's files (an export directory), whose `config.json` and `modules.json` decide what
+            the card claims; default: the run directory.
     """
-    if pipeline_tag not in WIDGETS:
+    if pipeline_tag is not None and pipeline_tag not in WIDGETS:
         raise ValueError(f"pipeline_tag {pipeline_tag!r} is not one of {', '.join(PIPELINE_TAGS)}.")
     run = output_dir if isinstance(output_dir, RunInfo) else read_run(output_dir)
+    repo_dir = Path(repo_dir) if repo_dir is not None else run.output_dir
+    repo_config_file = repo_dir / "config.json"
+    repo_config = json.loads(repo_config_file.read_text(encoding="utf-8")) if repo_config_file.is_file() else run.config
+    kind = repository_kind(repo_config, repo_dir, repo_id)
+    pipeline_tag = pipeline_tag or default_pipeline_tag(kind)
     record = run.record or {}
     base_model = base_model or record.get("base_model")
     from_scratch = bool(record.get("from_scratch")) and base_model is None
@@ -600,12 +678,13 @@ def render_model_card(
         license = "apache-2.0"
     is_adapter = lora == "adapter"
     evaluations = load_evaluations(run, eval_metrics)
-    config = run.config
+    # The GCL fields, whichever layout the run saved (a CLIP layout's `gcl` section, or model_type "gcl").
+    config = gcl_dict_from_clip_layout(run.config) if is_clip_layout(run.config) else run.config
     fusion = config.get("fusion", "sum")
     trained_scale = _trained_logit_scale(run.output_dir) if run.has_merged_model else None
 
     card_data = build_card_data(run, repo_id, base_model=base_model, datasets=datasets, license=license,
-                                pipeline_tag=pipeline_tag, evaluations=evaluations, is_adapter=is_adapter)
+                                pipeline_tag=pipeline_tag, evaluations=evaluations, is_adapter=is_adapter, kind=kind)
     if base_model:
         base_model_text = (f"[{base_model}](https://huggingface.co/{base_model})" if is_hub_id(base_model)
                            else f"`{display_name(base_model)}` (a local model)")
@@ -643,4 +722,9 @@ def render_model_card(
         citation=CITATION_FILE.read_text(encoding="utf-8").strip(),
         is_adapter=is_adapter,
         pipeline_tag=pipeline_tag,
+        native_clip=kind.native_clip,
+        servable=kind.native_clip and not is_adapter,
+        fused_embedding_code=kind.fused_embedding_code,
+        sentence_transformers_call=kind.sentence_transformers,
+        backbone_name={"vista": "VISTA", "dual_encoder": "dual-encoder"}.get(kind.backbone_type, kind.backbone_type),
     )

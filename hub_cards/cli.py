@@ -19,8 +19,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gcl-push",
         description="Push a gcl-train output directory (model or LoRA adapter, processor, remote code and a model "
-        "card) to the Hugging Face Hub, so AutoModel.from_pretrained(repo, trust_remote_code=True) loads it "
-        "without this library.",
+        "card) to the Hugging Face Hub. A CLIP-backbone model is a native CLIP checkpoint (CLIPModel / the "
+        "zero-shot pipeline load it with transformers alone); AutoModel.from_pretrained(repo, trust_remote_code=True) "
+        "gives the full GCL model of any backbone without this library.",
         allow_abbrev=False,
     )
     parser.add_argument("output_dir", help="A gcl-train output directory.")
@@ -35,8 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Hub dataset id trained on (repeatable; default: as recorded).")
     parser.add_argument("--license", default=None, help="Licence id for the card (apache-2.0, mit, ...).")
     parser.add_argument("--eval_metrics", default=None, help="An evaluation metrics.json to report in the card.")
-    parser.add_argument("--pipeline_tag", choices=PIPELINE_TAGS, default=DEFAULT_PIPELINE_TAG,
-                        help="The Hub widget's task.")
+    parser.add_argument("--pipeline_tag", choices=PIPELINE_TAGS, default=None,
+                        help=f"The model's Hub task (default: {DEFAULT_PIPELINE_TAG} with its widget for a native CLIP "
+                        "checkpoint, feature-extraction without a widget for models only their own code runs).")
     parser.add_argument("--library_url", default=None, help="Where gcl-hf is published, linked from the card.")
     parser.add_argument("--commit_message", default=None, help="Commit message on the Hub.")
     parser.add_argument("--export_dir", default=None,

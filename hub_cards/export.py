@@ -275,6 +275,6 @@ def prepare_export_dir(
         _copy_run_records(run, staging, eval_metrics)
         heatmap = None if run.heatmap is not None else _draw_holdout_heatmap(run, staging)
         card = render_model_card(run, repo_id, lora="adapter" if kind == "adapter" else None,
-                                 eval_metrics=eval_metrics, heatmap=heatmap, **card_options)
+                                 eval_metrics=eval_metrics, heatmap=heatmap, repo_dir=staging, **card_options)
         card.save(staging / CARD_FILE)
     return Export(path=export_dir, kind=kind)

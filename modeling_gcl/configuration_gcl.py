@@ -217,6 +217,7 @@ class GCLConfig(PreTrainedConfig):
         if config_dict.get("model_type") == "clip":
             source = f"{pretrained_model_name_or_path}/config.json"
             config_dict = gcl_dict_from_clip_layout(config_dict, source=source)
+            build_gcl_config(config_dict, source=source)  # a value GCLConfig rejects is reported against the section
         return config_dict, kwargs
 
     @classmethod

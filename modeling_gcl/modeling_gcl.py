@@ -613,11 +613,27 @@ class GCLModel(GCLPreTrainedModel):
         output_loading_info = kwargs.pop("output_loading_info", False)
         clip, loading_info = CLIPModel.from_pretrained(path, *model_args, config=config.encoder_config,
                                                        output_loading_info=True, **kwargs)
+        hub_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if key in kwargs}
+        model = cls._wrap_clip_checkpoint(clip, config, path, hub_kwargs)
+        return (model, loading_info) if output_loading_info else model
+
+    @classmethod
+    def from_clip_checkpoint(cls, clip: CLIPModel, **hub_kwargs) -> "GCLModel":
+        r"""
+        The GCL model of a `CLIPModel` already loaded from a CLIP-layout checkpoint (e.g. by `pipeline(...)` or
+        `AutoModel`), without loading its weights again: the `gcl` section of its config and the checkpoint's
+        `gcl_weights.safetensors` (from `clip.name_or_path`) complete it.
+        """
+        source = f"{clip.name_or_path}/config.json"
+        gcl_dict = gcl_dict_from_clip_layout(clip.config.to_dict(), source=source)
+        return cls._wrap_clip_checkpoint(clip, build_gcl_config(gcl_dict, source=source), clip.name_or_path, hub_kwargs)
+
+    @classmethod
+    def _wrap_clip_checkpoint(cls, clip: CLIPModel, config: GCLConfig, path, hub_kwargs: dict) -> "GCLModel":
         trained_logit_scale = clip.logit_scale.detach().clone()
         model = cls(config, encoder=clip)
         with torch.no_grad():  # the constructor sets a fixed temperature's *initial* value; keep the trained one
             model.encoder.logit_scale.copy_(trained_logit_scale)
-        hub_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if key in kwargs}
         weights_file = cached_file(path, GCL_WEIGHTS_NAME, _raise_exceptions_for_missing_entries=False, **hub_kwargs)
         loaded = model.load_gcl_weights(weights_file) if weights_file is not None else []
         needed = sorted(key for key in model.state_dict() if not key.startswith(ENCODER_PREFIX))
@@ -628,7 +644,8 @@ class GCLModel(GCLPreTrainedModel):
             )
         model.config.name_or_path = str(path)
         model.eval()
-        return (model, loading_info) if output_loading_info else model
+        model.encoder.logit_scale.requires_grad_(config.learnable_temperature)
+        return model
 
     def load_gcl_weights(self, weights_file: str | os.PathLike) -> list[str]:
         r"""

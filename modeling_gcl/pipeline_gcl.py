@@ -1,8 +1,8 @@
 # Copyright 2026 The GCL-HF authors. Apache-2.0.
 """A feature-extraction pipeline for GCL models: the embedding of an image, a text, or an image+text pair.
 
-Self-contained (imports only `torch` and `transformers`) so it can be uploaded to the Hub as remote code: a saved GCL
-model whose `config.json` names it under `custom_pipelines` loads it with
+Self-contained (imports only `torch`, `transformers` and its sibling files) so it can be uploaded to the Hub as remote
+code: a saved GCL model whose `config.json` names it under `custom_pipelines` loads it with
 
     pipeline("feature-extraction", model="org/gcl-model", trust_remote_code=True)
 """
@@ -10,8 +10,11 @@ model whose `config.json` names it under `custom_pipelines` loads it with
 from typing import Any
 
 import torch
-from transformers import Pipeline
+from transformers import CLIPModel, Pipeline
 from transformers.image_utils import load_image
+
+from .configuration_gcl import GCL_SECTION_KEY
+from .modeling_gcl import GCLModel
 
 # The task name under which `config.json`'s `custom_pipelines` registers this pipeline. It is the standard task name on
 # purpose: transformers' own feature-extraction pipeline cannot run a GCL model (it feeds only token ids and reads the
@@ -50,6 +53,13 @@ class GCLFeatureExtractionPipeline(Pipeline):
     _load_image_processor = False
     _load_feature_extractor = False
 
+    def __init__(self, model, *args, **kwargs):
+        # `pipeline(task, model=folder)` loads a CLIP-layout GCL checkpoint as the `CLIPModel` it natively is; embed
+        # with the GCL model around those same weights (its fusion, from the config's `gcl` section).
+        if isinstance(model, CLIPModel) and getattr(model.config, GCL_SECTION_KEY, None) is not None:
+            model = GCLModel.from_clip_checkpoint(model)
+        super().__init__(model, *args, **kwargs)
+
     def __call__(self, inputs: Any = None, *, image: Any = None, text: str | None = None, **kwargs):
         if inputs is None:
             if image is None and text is None:
@@ -84,6 +94,9 @@ class GCLFeatureExtractionPipeline(Pipeline):
         images = None if item["image"] is None else [load_image(item["image"], timeout=timeout)]
         texts = None if item["text"] is None else [item["text"]]
         max_length = getattr(self.processor, "max_text_length", None)
+        if max_length is None:  # a CLIPProcessor (what AutoProcessor gives for a native CLIP checkpoint)
+            length = getattr(getattr(self.processor, "tokenizer", None), "model_max_length", None)
+            max_length = length if length is not None and length < 100_000 else None
         text_kwargs = {"padding": True, "truncation": max_length is not None, "max_length": max_length} if texts else {}
         encoded = self.processor(images=images, text=texts, return_tensors="pt", **text_kwargs)
         model_inputs = {key: encoded[key] for key in ("pixel_values", "input_ids", "attention_mask") if key in encoded}

@@ -36,6 +36,7 @@ from hub_cards.card import negatives_per_anchor
 from hub_cards.cli import main as gcl_push
 from hub_cards.run_record import non_default_hyperparameters
 from modeling_gcl import GCLConfig, GCLFeatureExtractionPipeline, GCLModel, GCLProcessor
+from modeling_gcl.sentence_transformers_files import SENTENCE_TRANSFORMERS_FILES
 from trainer import GCLTrainingArguments, apply_lora, load_lora_model, merge_lora, save_lora_adapter
 from trainer.cli import run as gcl_train
 
@@ -66,7 +67,7 @@ CODE_FILES = library_code_files()
 HEATMAP_FILES = {"retrieval_holdout.png"} if importlib.util.find_spec("matplotlib") else set()
 MODEL_REPO_FILES = {
     "README.md", "config.json", "model.safetensors", "processor_config.json", "tokenizer.json", "tokenizer_config.json",
-    *CODE_FILES, *HEATMAP_FILES, "retrieval_holdout.json", TRAINING_RECORD_FILE,
+    *CODE_FILES, *HEATMAP_FILES, "retrieval_holdout.json", TRAINING_RECORD_FILE, *SENTENCE_TRANSFORMERS_FILES,
 }
 
 
@@ -125,6 +126,9 @@ def test_export_holds_exactly_the_repository_files_and_leaves_the_run_untouched(
     assert [p.name for p in tmp_path.iterdir()] == ["repo"]  # no staging directory left behind
 
     config = json.loads((export.path / "config.json").read_text())
+    # A CLIP backbone is published as a native CLIP checkpoint, with the GCL settings in its `gcl` section.
+    assert config["model_type"] == "clip" and config["architectures"] == ["CLIPModel"]
+    assert config["gcl"]["fusion"] == "sum" and config["gcl"]["format_version"] == 1
     assert config["auto_map"] == {
         "AutoConfig": "configuration_gcl.GCLConfig",
         "AutoModel": "modeling_gcl.GCLModel",
@@ -255,15 +259,22 @@ def test_remote_code_check_names_a_missing_or_library_dependent_file(export, tmp
 
 
 def test_with_the_library_the_export_loads_without_remote_code(export, original_model):
-    model = AutoModel.from_pretrained(export.path).eval()
-    assert type(model) is GCLModel  # the library's class: importing modeling_gcl registered it
-    processor = AutoProcessor.from_pretrained(export.path)
+    model = GCLModel.from_pretrained(export.path).eval()
+    assert type(model) is GCLModel  # the library's class, no remote code
+    processor = GCLProcessor.from_pretrained(export.path)
     assert type(processor).__module__ == "modeling_gcl.processing_gcl"
+    # The Auto classes see the native CLIP checkpoint, with or without the library.
+    assert type(AutoModel.from_pretrained(export.path)).__name__ == "CLIPModel"
+    assert type(AutoProcessor.from_pretrained(export.path)).__name__ == "CLIPProcessor"
     classify = pipeline("zero-shot-image-classification", model=str(export.path))
-    assert type(classify.model) is GCLModel
-    result = classify(make_images(1)[0], candidate_labels=TEXTS, hypothesis_template="{}")
-    assert sorted(item["label"] for item in result) == sorted(TEXTS)
-    assert sum(item["score"] for item in result) == pytest.approx(1.0)
+    assert type(classify.model).__name__ == "CLIPModel"
+    image = make_images(1)[0]
+    result = classify(image, candidate_labels=TEXTS, hypothesis_template="{}")
+    inputs = processor(images=[image], text=TEXTS, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        expected = model(**inputs).logits_per_image[0].softmax(-1)
+    assert {item["label"]: item["score"] for item in result} == pytest.approx(
+        {text: p.item() for text, p in zip(TEXTS, expected)}, abs=1e-5)
 
 
 @torch.no_grad()
@@ -305,9 +316,16 @@ def test_card_metadata_and_body_report_the_run(export):
     assert data["base_model"] == "openai/clip-vit-base-patch32"
     assert data["datasets"] == ["my-org/pairs"]
     assert all("candidate_labels" in example and "src" in example for example in data["widget"])
+    assert "clip" in data["tags"]
     body = card.text
+    # Native CLIP usage first (no custom code), then sentence-transformers, remote code and the library.
+    assert f'CLIPModel.from_pretrained("{REPO_ID}")' in body
+    assert "fused_embeds = F.normalize(image_features + text_features, dim=-1)" in body
+    assert f'pipeline("zero-shot-image-classification", model="{REPO_ID}")' in body
+    assert f'SentenceTransformer("{REPO_ID}", trust_remote_code=True)' in body  # modules.json names a repo module
     assert f'AutoModel.from_pretrained("{REPO_ID}", trust_remote_code=True)' in body
     assert f'pipeline("feature-extraction", model="{REPO_ID}", trust_remote_code=True)' in body
+    assert f'GCLModel.from_pretrained("{REPO_ID}")' in body
     assert "3N − 1 = 47 (N = 16 pairs per device" in body  # GCL negatives per anchor
     assert "| `learning_rate` | `1e-05` |" in body and "| `max_steps` | `100` |" in body
     assert "hf_secret_do_not_leak" not in body and "output_dir" not in body
@@ -333,7 +351,8 @@ def test_card_for_a_from_scratch_clip_loss_run_with_evaluation_and_heatmap(run_d
     card = render_model_card(run, REPO_ID, eval_metrics=metrics, pipeline_tag="feature-extraction")
     data = card.data.to_dict()
     assert data["license"] == "apache-2.0" and "base_model" not in data
-    assert data["pipeline_tag"] == "feature-extraction" and "text" in data["widget"][0]
+    # No widget for feature-extraction: transformers' own pipeline cannot embed images or fused items.
+    assert data["pipeline_tag"] == "feature-extraction" and "widget" not in data
     results = data["model-index"][0]["results"]
     reported = {(r["dataset"]["type"], m["name"], m["value"]) for r in results for m in r["metrics"]}
     assert {(name, value) for kind, name, value in reported if kind == "TIGER-Lab/M-BEIR"} == {
@@ -543,7 +562,7 @@ def test_lora_adapter_export_loads_onto_the_base_and_matches_the_merged_model(lo
     inputs = processor(images=make_images(2), text=TEXTS[:2], return_tensors="pt", padding=True)
     with torch.no_grad():
         from_adapter = load_lora_model(GCLModel.from_backbone(make_small_clip(seed=5)), adapter.path).eval()(**inputs)
-        from_merged = AutoModel.from_pretrained(merged.path).eval()(**inputs)
+        from_merged = GCLModel.from_pretrained(merged.path).eval()(**inputs)
     for key in ("image_embeds", "text_embeds", "fused_embeds", "logit_scale"):
         torch.testing.assert_close(from_merged[key], from_adapter[key], atol=1e-5, rtol=1e-5)
 
