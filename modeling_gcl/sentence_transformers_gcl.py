@@ -25,7 +25,6 @@ imports it.
 
 from typing import Any
 
-import torch
 from sentence_transformers.base.modality import infer_modality
 from sentence_transformers.base.modules import InputModule
 from transformers.image_utils import load_image

