@@ -2,6 +2,8 @@
 matplotlib, and the periodic evaluation callback inside `GCLTrainer`."""
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from trainer.evaluation.callback import add_retrieval_evaluation
 from .conftest import make_small_clip
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -170,3 +173,71 @@ def test_token_fusion_model_gets_a_fused_pass_per_item(sample_dataset):
     with torch.no_grad():
         fused = encode_items(GCLEmbedder(model, processor), items, batch_size=4, show_progress=False)
     torch.testing.assert_close(fused, reference["it"], atol=1e-5, rtol=1e-4)
+
+
+def _collapsed_model(folder: Path, processor) -> str:
+    """A GCL model whose every embedding is the same vector: the final layer norms output their bias alone."""
+    model = GCLModel.from_backbone(make_small_clip(seed=5))
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith(("post_layernorm.weight", "final_layer_norm.weight")):
+                parameter.zero_()
+            elif name.endswith(("post_layernorm.bias", "final_layer_norm.bias")):
+                parameter.copy_(torch.linspace(-1, 1, parameter.numel()))
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return str(folder)
+
+
+def test_collapsed_model_scores_zero_not_a_hundred(tmp_path, processor):
+    """Ties rank pessimistically: a model that maps everything to one vector retrieves nothing (it used to score
+    hit@1 = 100 on the matrix and CoVR, ties going to the query). MMEB keeps its official argmax (positive first)."""
+    model_dir = _collapsed_model(tmp_path / "collapsed", processor)
+    common = ["--model", model_dir, "--no_progress", "--device", "cpu"]
+    matrix = gcl_eval([*common, "--max_samples", "12", "--output_dir", str(tmp_path / "matrix")])
+    for cell, values in matrix["results"].items():
+        # 12 pairs, all tied: the positive ranks 12th, so it is outside the top 10; mrr@10 and ndcg@10 are 0 too.
+        assert values == {"hit@1": 0, "hit@5": 0, "hit@10": 0, "mrr@10": 0, "ndcg@10": 0}, cell
+    assert "Ties: pessimistic" in (tmp_path / "matrix" / "report.md").read_text()
+    optimistic = gcl_eval([*common, "--max_samples", "12", "--ties", "optimistic", "--output_dir",
+                           str(tmp_path / "optimistic")])
+    assert optimistic["results"]["t2i"]["hit@1"] == 100  # the old convention, still available by name
+    covr = gcl_eval([*common, "--suite", "covr", "--data", str(FIXTURES / "covr" / "webvid8m-covr_test.csv"),
+                     "--output_dir", str(tmp_path / "covr")])
+    # 3 targets, one left out as the query's own source for row 4: the positive ranks last, inside the top 5.
+    assert covr["results"]["covr"]["recall@1"] == 0 and covr["results"]["covr"]["recall@5"] == 100
+    mbeir = gcl_eval([*common, "--suite", "mbeir", "--data", str(FIXTURES / "mbeir"), "--pools", "local",
+                      "--output_dir", str(tmp_path / "mbeir")])
+    assert all(row["local/hit@1"] == 0 for row in mbeir["results"].values())
+    mmeb = gcl_eval([*common, "--suite", "mmeb", "--data", str(FIXTURES / "mmeb"), "--output_dir", str(tmp_path / "mmeb")])
+    assert mmeb["average"]["hit@1"] == 100 and "argmax" in mmeb["ties"]
+    assert "MMEB's official argmax" in (tmp_path / "mmeb" / "report.md").read_text()
+    pessimistic = gcl_eval([*common, "--suite", "mmeb", "--data", str(FIXTURES / "mmeb"), "--ties", "pessimistic",
+                            "--output_dir", str(tmp_path / "mmeb_pessimistic")])
+    assert pessimistic["average"]["hit@1"] == 0
+
+
+def _gcl_eval_subprocess(arguments: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-m", "trainer.eval_cli", *arguments], capture_output=True, text=True,
+                          timeout=120, env=env, cwd=cwd)
+
+
+@pytest.mark.parametrize("arguments, expected", [
+    (["--batch_size", "0"], "argument --batch_size: expected a positive integer, got 0"),
+    (["--max_samples", "-2"], "argument --max_samples: expected a positive integer, got -2"),
+    (["--heatmap_metric", "map@5"], "Unknown metric 'map@5'"),
+    (["--model", "./no-such-model"], "no-such-model"),
+    (["--model", "openai/clip-vit-base-patch32"], "clip-vit-base-patch32"),  # a Hub id while offline
+    (["--suite", "mbeir", "--data", "not-an-mbeir-root"], "not-an-mbeir-root: no query/test/ folder"),
+    (["--data", "no-such-pairs.jsonl"], "no-such-pairs.jsonl: no such file or directory"),
+], ids=["batch_size", "max_samples", "heatmap_metric", "missing_model_dir", "offline_hub_id", "mbeir_root",
+        "matrix_data"])
+def test_gcl_eval_mistakes_are_one_line_errors(tmp_path, arguments, expected):
+    result = _gcl_eval_subprocess([*arguments, "--output_dir", str(tmp_path / "out"), "--no_progress"], tmp_path)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in result.stderr and len(errors) == 1, result.stderr[-2000:]
+    assert errors[0].startswith("gcl-eval: ") and expected in errors[0], errors
+    assert not (tmp_path / "out" / "metrics.json").exists()

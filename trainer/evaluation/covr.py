@@ -26,7 +26,7 @@ from .distributed import is_main_process
 from .encoding import EmbeddingCache, GCLEmbedder, RetrievalItem, encode_items, evaluation_mode
 from .files import EvaluationDataError, read_text
 from .metrics import metrics_from_positive_ranks
-from .search import TIE_DESCRIPTIONS, check_ties
+from .search import TIE_DESCRIPTIONS, ahead_mask, check_ties
 
 DEFAULT_COVR_METRICS = ("recall@1", "recall@5", "recall@10", "recall@50")
 REQUIRED_COLUMNS = ("pth1", "pth2", "edit")
@@ -149,7 +149,7 @@ def positive_ranks_excluding(queries: torch.Tensor, candidates: torch.Tensor, po
         skip = excluded[start : start + query_chunk_size]
         has_skip = skip >= 0
         scores[rows[has_skip], skip[has_skip]] = float("-inf")
-        ahead = scores >= positive_scores if ties == "pessimistic" else scores > positive_scores
+        ahead = ahead_mask(scores, positive_scores, ties)
         ahead[rows, positives[start : start + query_chunk_size]] = False  # the positive itself
         ranks.append(ahead.sum(dim=1))
     return torch.cat(ranks)

@@ -45,7 +45,8 @@ def encode_pairs(
     for start in tqdm(starts, desc="Encoding pairs", disable=not show_progress, leave=False):
         rows = dataset[start : start + batch_size]
         features = [
-            {image_column: rows[image_column][k], caption_column: rows[caption_column][k], "gcl_row_index": start + k}
+            {image_column: rows[image_column][k], caption_column: rows[caption_column][k],
+             ROW_INDEX_KEY: rows[ROW_INDEX_KEY][k] if ROW_INDEX_KEY in rows else start + k}  # the file's row
             for k in range(len(rows[caption_column]))
         ]
         batch = {key: value.to(device) for key, value in collator(features).items()}

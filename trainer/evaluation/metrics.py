@@ -140,9 +140,12 @@ def metrics_from_relevant_ranks(
     sign = 1.0 if ties == "pessimistic" else -1.0
     for row, (counts, grades) in enumerate(zip(ranks, gains)):
         grades = grades.to(torch.float64)
-        order = sorted(range(len(grades)), key=lambda j: (int(counts[j, 1]), sign * float(grades[j])))
+        # Both counts fall as the score rises, so sorting by the pair follows the scores; equal pairs are ties.
+        order = sorted(range(len(grades)),
+                       key=lambda j: (int(counts[j, 1]), int(counts[j, 0]), sign * float(grades[j])))
+        position = -1
         for placed, j in enumerate(order):
-            position = int(counts[j, 0]) + placed
+            position = max(int(counts[j, 0]) + placed, position + 1)
             if position < depth:
                 ranked_gains[row, position] = grades[j]
         ideal_gains[row, : len(grades)] = grades.sort(descending=True).values

@@ -13,15 +13,20 @@ Tie order among equal scores is unspecified in `exact_top_k`; the metrics never 
   it, so a collapsed model (all embeddings equal) scores 0, never 100;
 - `"optimistic"`: only strictly higher scores rank ahead (ties go to the query), the old behaviour;
 - `"first_listed"`: MMEB's official scorer (`argmax` over the query's own candidate list, the positive listed first):
-  a tie goes to whichever candidate is listed first.
+  a tie goes to whichever candidate is listed first (exact float comparison, as the official code does).
+
+"The same" means within `TIE_TOLERANCE` (1e-6 in cosine similarity): identical inputs in different rows of a batch
+come out of float32 kernels a few units in the last place apart (a collapsed model's scores differ by ~6e-8), and a
+difference that small says nothing about the model.
 """
 
 import torch
 
 TIES = ("pessimistic", "optimistic", "first_listed")
+TIE_TOLERANCE = 1e-6
 TIE_DESCRIPTIONS = {
-    "pessimistic": "pessimistic: a candidate scoring the same as a relevant one ranks ahead of it",
-    "optimistic": "optimistic: only strictly higher scores rank ahead of a relevant candidate",
+    "pessimistic": "pessimistic: a candidate scoring the same as a relevant one (within 1e-6) ranks ahead of it",
+    "optimistic": "optimistic: only candidates scoring more than 1e-6 higher rank ahead of a relevant one",
     "first_listed": "MMEB's official argmax: a tie goes to the candidate listed first (the positive)",
 }
 
@@ -32,9 +37,19 @@ def check_ties(ties: str, allowed: tuple[str, ...] = ("pessimistic", "optimistic
     return ties
 
 
+def ahead_mask(scores: torch.Tensor, reference: torch.Tensor, ties: str) -> torch.Tensor:
+    """Which `scores` rank ahead of `reference` (broadcast) under `ties`: higher or within `TIE_TOLERANCE` below
+    (pessimistic), more than `TIE_TOLERANCE` higher (optimistic), strictly higher (first_listed)."""
+    if ties == "pessimistic":
+        return scores >= reference - TIE_TOLERANCE
+    if ties == "optimistic":
+        return scores > reference + TIE_TOLERANCE
+    return scores > reference
+
+
 def _ahead(block_scores: torch.Tensor, reference: torch.Tensor, ties: str) -> torch.Tensor:
     """How many scores of each row of `block_scores` rank ahead of `reference` `(rows, 1)` under `ties`."""
-    return (block_scores >= reference if ties == "pessimistic" else block_scores > reference).sum(dim=1)
+    return ahead_mask(block_scores, reference, ties).sum(dim=1)
 
 
 def exact_top_k(
@@ -177,8 +192,7 @@ def relevant_ranks(
             for column in range(width):
                 ahead_all[:, column] += _ahead(block_scores, own[:, column : column + 1], ties)
         # Relevant candidates ahead of each relevant one (same rule), from their own scores.
-        compare = own.unsqueeze(1) >= own.unsqueeze(2) if ties == "pessimistic" else own.unsqueeze(1) > own.unsqueeze(2)
-        compare &= valid.unsqueeze(1)  # (q, self, other)
+        compare = ahead_mask(own.unsqueeze(1), own.unsqueeze(2), ties) & valid.unsqueeze(1)  # (q, self, other)
         relevant_ahead = compare.sum(dim=2)
         if ties == "pessimistic":  # both counts include the relevant candidate itself
             relevant_ahead -= 1
@@ -218,7 +232,7 @@ def listwise_positive_ranks(
     for start in range(0, queries.shape[0], query_chunk_size):
         lists = candidate_lists[start : start + query_chunk_size]  # (q, L)
         scores = torch.einsum("qd,qld->ql", queries[start : start + query_chunk_size], candidates[lists])
-        ahead = scores >= scores[:, :1] if ties == "pessimistic" else scores > scores[:, :1]
+        ahead = ahead_mask(scores, scores[:, :1], ties)
         ahead[:, 0] = False  # the positive itself
         if list_lengths is not None:
             ahead &= torch.arange(lists.shape[1]) < list_lengths[start : start + query_chunk_size, None]
