@@ -8,7 +8,6 @@ import sys
 
 import pytest
 import torch
-from transformers import AutoModel, AutoProcessor
 
 from modeling_gcl import GCLModel, GCLProcessor
 from trainer.cli import FROM_SCRATCH_DEFAULTS, parse_arguments, run
@@ -56,14 +55,14 @@ def test_default_job_trains_the_bundled_model_and_saves_an_auto_loadable_model(t
     assert set(state["after"]) == {"t2i", "i2t", "t2it", "i2it", "it2t", "it2i"}
     assert state["fusion"] == "sum" and state["loss"] == "gcl"
 
-    model = AutoModel.from_pretrained(out).eval()
-    processor = AutoProcessor.from_pretrained(out)
+    model = GCLModel.from_pretrained(out).eval()  # either layout (a CLIP backbone saves as a native CLIP checkpoint)
+    processor = GCLProcessor.from_pretrained(out)
     assert isinstance(model, GCLModel) and isinstance(processor, GCLProcessor)
     assert (out / "model.safetensors").exists()
     holdout = load_image_caption_dataset().select(range(4))
     batch = GCLCollator(processor)([holdout[i] for i in range(4)])
     with torch.no_grad():
-        first, second = model(**batch), AutoModel.from_pretrained(out).eval()(**batch)
+        first, second = model(**batch), GCLModel.from_pretrained(out).eval()(**batch)
     torch.testing.assert_close(first.fused_embeds, second.fused_embeds, atol=0, rtol=0)
     assert first.image_embeds.shape == (4, 128)
     # The saved model is the trained one: on the same held-out pairs it reproduces the "after" table that the run
@@ -88,7 +87,7 @@ def test_lora_run_saves_adapter_and_merged_model(tmp_path):
                 "--fusion", "attention", "--eval_holdout", "0"])
     assert (out / "adapter" / "adapter_model.safetensors").exists()
     assert (out / "adapter" / "gcl_extra_trainables.safetensors").exists()
-    merged = AutoModel.from_pretrained(out)
+    merged = GCLModel.from_pretrained(out)
     assert merged.config.fusion == "attention"
     assert not any("lora_" in name for name, _ in merged.named_parameters())
 

@@ -11,7 +11,6 @@ import typing
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import AutoModel, AutoProcessor
 
 from modeling_gcl import GCLModel, GCLProcessor
 from trainer.convert import ConversionError
@@ -182,10 +181,10 @@ def test_cli_converts_to_a_sum_fusion_gcl_model_equal_to_openai_clip(tmp_path):
     write_uniir_save(path, state)
     out_dir = tmp_path / "out"
     assert main(["--checkpoint", str(path), "--clip_model", str(BUNDLED_TINY_CLIP_DIR), "--output_dir", str(out_dir)]) == 0
-    model = AutoModel.from_pretrained(out_dir).eval()
+    model = GCLModel.from_pretrained(out_dir).eval()  # a native CLIP checkpoint with a `gcl` section
     assert isinstance(model, GCLModel) and model.config.fusion == "sum" and model.config.backbone_type == "clip"
     assert model.config.learnable_temperature and model.encoder.logit_scale.requires_grad
-    processor = AutoProcessor.from_pretrained(out_dir)
+    processor = GCLProcessor.from_pretrained(out_dir)
     assert isinstance(processor, GCLProcessor) and processor.image_processor.crop_size == {"height": 32, "width": 32}
     pixels = torch.randn(3, 3, 32, 32)
     ids, mask = clip_tokens()

@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-from transformers import AutoModel
 
 from modeling_gcl import GCLModel
 from trainer import GCLTrainer, GCLTrainingArguments, apply_lora, load_lora_model, merge_lora, save_lora_adapter
@@ -60,7 +59,7 @@ def test_merged_model_gives_the_adapter_embeddings(tmp_path, trained_lora, sampl
     merged = merge_lora(trained_lora).eval()
     assert isinstance(merged, GCLModel)
     merged.save_pretrained(tmp_path / "merged")
-    reloaded = AutoModel.from_pretrained(tmp_path / "merged").eval()
+    reloaded = GCLModel.from_pretrained(tmp_path / "merged").eval()
     with torch.no_grad():
         for model in (merged, reloaded):
             out = model(**sample_batch)

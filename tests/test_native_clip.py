@@ -299,7 +299,7 @@ def test_a_malformed_gcl_section_is_a_clear_error_and_still_loads_as_clip(tmp_pa
         with pytest.raises(ValueError, match=message) as raised:
             load(tmp_path)
         assert "config.json" in str(raised.value) and "gcl" in str(raised.value)
-    clip, info = CLIPModel.from_pretrained(tmp_path, output_loading_info=True)
+    _, info = CLIPModel.from_pretrained(tmp_path, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
 
 
