@@ -217,7 +217,10 @@ def run(argv: list[str] | None = None) -> dict:
     )
     if data_args.streaming and training_args.max_steps <= 0:
         raise SystemExit("gcl-train: --streaming needs --max_steps (a stream has no length).")
-    train_set, holdout = split_holdout(dataset, data_args.eval_holdout, training_args.seed)
+    train_set, holdout = split_holdout(
+        dataset, data_args.eval_holdout, training_args.seed, data_args.image_column, data_args.caption_column,
+        skip_bad_samples=training_args.skip_bad_samples, max_image_pixels=data_args.max_image_pixels,
+    )
     if data_args.max_train_samples is not None:
         train_set = (
             train_set.take(data_args.max_train_samples) if data_args.streaming

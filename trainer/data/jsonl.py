@@ -1,5 +1,9 @@
 # Copyright 2026 The GCL-HF authors. Apache-2.0.
-"""Image–caption pairs in a JSONL file: one `{image_column: path, caption_column: text, ...}` object per line."""
+"""Image–caption pairs in a JSONL file: one `{image_column: path, caption_column: text, ...}` object per line.
+
+Each line is checked as it is read (an image path string naming a file, a string caption), so a bad one is named by
+file and line or, with `skip_bad_rows`, counted and skipped; an extra column whose type changes between lines is kept
+as JSON text instead of stopping the Arrow conversion."""
 
 import os
 from pathlib import Path
@@ -8,6 +12,7 @@ import datasets
 
 from . import textfiles
 from .errors import DataError
+from .rows import pairs_dataset, pairs_stream
 
 
 def read_jsonl_objects(path: str | os.PathLike):
@@ -16,24 +21,26 @@ def read_jsonl_objects(path: str | os.PathLike):
     return textfiles.read_jsonl_objects(path, DataError)
 
 
-def resolve_image_path(image, folder: str):
-    """A relative image path is taken relative to `folder`; anything else is returned as it is."""
-    if isinstance(image, str) and not os.path.isabs(image):
-        return os.path.join(folder, image)
-    return image
+def load_jsonl_pairs(path: Path, image_column: str, folder: str, caption_column: str = "caption",
+                     streaming: bool = False, skip_bad_rows: bool = False):
+    r"""
+    Load a JSONL file of image–caption pairs.
 
+    Args:
+        path (`Path`): the file.
+        image_column (`str`): the key of the image path; a relative path is taken relative to `folder`.
+        folder (`str`): what relative image paths start from.
+        caption_column (`str`): the key of the caption.
+        streaming (`bool`): read the file lazily (image, caption and row index only).
+        skip_bad_rows (`bool`): skip (count, and report in a warning) a line whose image is not a path string or
+            names no file, or whose caption is not a string, instead of raising `DataError` naming the file and line.
 
-def load_jsonl_pairs(path: Path, image_column: str, folder: str) -> datasets.Dataset:
-    """A JSONL file of `{image_column: path, caption_column: text, ...}` rows; relative image paths are taken
-    relative to `folder`."""
-    rows = []
-    for line_number, row in read_jsonl_objects(path):
-        if image_column in row:  # a missing column is reported below, for the whole file
-            row[image_column] = resolve_image_path(row[image_column], folder)
-        rows.append(row)
-    if not rows:
-        raise DataError(f"{path}: no rows.")
-    try:
-        return datasets.Dataset.from_list(rows)
-    except Exception as error:  # pyarrow type clashes between rows
-        raise DataError(f"{path}: rows do not share one schema ({error}).") from error
+    Returns:
+        A `datasets.Dataset` (or `IterableDataset`) with string columns `image_column` (the resolved path) and
+        `caption_column`, the file's other keys (map-style only) and `gcl_row_index` (the pair's position in the file).
+    """
+    if streaming:
+        return pairs_stream(path, image_column, image_column, caption_column, folder, skip_bad_rows,
+                            datasets.Value("string"))
+    return pairs_dataset(list(read_jsonl_objects(path)), str(path), image_column, image_column, caption_column, folder,
+                         skip_bad_rows, datasets.Value("string"))

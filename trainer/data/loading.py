@@ -8,8 +8,8 @@ from pathlib import Path
 import datasets
 
 from .errors import DataError
-from .imagefolder import check_imagefolder_metadata, has_imagefolder_metadata
-from .jsonl import load_jsonl_pairs, resolve_image_path
+from .imagefolder import has_imagefolder_metadata, load_imagefolder
+from .jsonl import load_jsonl_pairs
 from .lcs558k import LCS558K_FILENAME, LCS558K_REPO_ID, load_lcs558k, sniff_lcs558k
 from .rows import ROW_INDEX_KEY
 
@@ -73,8 +73,10 @@ def load_image_caption_dataset(
         image_root (`str`, *optional*): the folder relative image paths are resolved against, for LCS-558K (default
             the JSON file's folder; required from the Hub: the extracted `images.zip`) and JSONL pairs (default the
             file's folder).
-        skip_bad_rows (`bool`, defaults to `False`): LCS-558K only: skip rows without an image path or caption (they
-            are counted and reported in a warning) instead of raising `DataError`.
+        skip_bad_rows (`bool`, defaults to `False`): local files (imagefolder `metadata.jsonl`, JSONL, LCS-558K):
+            skip rows whose image path is missing, not a string or names no file (LCS-558K: not checked, the
+            collator names a missing image), or whose caption is missing or not a string; they are counted and
+            reported in a warning, instead of raising `DataError` naming the file and row.
 
     Returns:
         A `datasets.Dataset` whose image column is left undecoded (`{"bytes", "path"}` or a path string), so the
@@ -97,17 +99,11 @@ def load_image_caption_dataset(
             "relative to its folder; a Hub dataset of pairs holds its images)."
         )
     elif path.is_dir():
-        if not has_imagefolder_metadata(path):
-            raise DataError(f"{path}: an imagefolder needs a metadata.jsonl (or .csv) with file_name and caption.")
-        check_imagefolder_metadata(path)
-        dataset = datasets.load_dataset("imagefolder", data_dir=str(path), split=split, streaming=streaming)
+        dataset = load_imagefolder(path, caption_column, split=split, streaming=streaming, skip_bad_rows=skip_bad_rows)
     elif path.suffix == ".jsonl" and path.is_file():
         folder = str(image_root if image_root is not None else path.parent)  # what relative image paths start from
-        if streaming:
-            dataset = datasets.load_dataset("json", data_files=str(path), split="train", streaming=True)
-            dataset = dataset.map(lambda row: {image_column: resolve_image_path(row.get(image_column), folder)})
-        else:
-            dataset = load_jsonl_pairs(path, image_column, folder)
+        dataset = load_jsonl_pairs(path, image_column, folder, caption_column, streaming=streaming,
+                                   skip_bad_rows=skip_bad_rows)
     elif path.suffix == ".json" and path.is_file():  # data_format="pairs"
         raise DataError(f"{path}: image–caption pairs are read from JSONL (a .jsonl file, one object per line); "
                         "a .json list is read as LCS-558K (data_format lcs558k or auto).")
