@@ -20,12 +20,11 @@ import torch
 from transformers import CLIPConfig, CLIPModel
 
 import modeling_gcl  # noqa: F401  (Auto registration)
-import trainer.export_onnx as export_onnx_module
+import trainer.onnx.export as export_onnx_module  # export_onnx() looks these helpers up here
 from modeling_gcl import GCLModel, GCLProcessor, GCLScoreFusion, l2_normalize
 from trainer.atomic import STAGING_PREFIX
 from trainer.data import BUNDLED_SAMPLE_DIR, BUNDLED_TINY_CLIP_DIR
-from trainer.export_onnx import (
-    INSTALL_HINT,
+from trainer.onnx import (
     MANIFEST_FILE,
     GCLOnnxRetriever,
     OnnxDependencyError,
@@ -36,6 +35,7 @@ from trainer.export_onnx import (
     main,
     verify_export,
 )
+from trainer.onnx.common import INSTALL_HINT
 
 from .conftest import tiny_vista_gcl
 
@@ -43,7 +43,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 ATOL = 1e-4
 # Rows of the bundled sample for these checks: none of them is one the CLI traced with (0-1) or verified with (2-5).
 ROWS = {1: [10], 3: [11, 12, 13]}
-ONNX_SKIP_REASON = "the ONNX export needs the onnx extra: pip install 'gcl-hf[onnx]'"
+ONNX_SKIP_REASON = "the ONNX export needs the onnx extra: pip install -e '.[onnx]'"
 
 
 def require_onnx():
@@ -104,14 +104,14 @@ def tiny_clip_gcl(fusion: str, seed: int) -> GCLModel:
 
 @pytest.fixture(scope="module")
 def vista_export_process(tmp_path_factory):
-    """Start the VISTA export in a second process (`python -m trainer.export_onnx`, the same `main`) so it runs on the
+    """Start the VISTA export in a second process (`python -m trainer.onnx`, the same `main`) so it runs on the
     second core while this one exports the CLIP models: the exports are most of this file's time."""
     require_onnx()
     root = tmp_path_factory.mktemp("vista")
     model, processor = tiny_vista_gcl(), tiny_clip_processor(32)
     model.save_pretrained(root / "model")
     processor.save_pretrained(root / "model")
-    command = [sys.executable, "-m", "trainer.export_onnx", str(root / "model"), "--output_dir", str(root / "onnx")]
+    command = [sys.executable, "-m", "trainer.onnx", str(root / "model"), "--output_dir", str(root / "onnx")]
     # Output to files, not pipes: a pipe nobody reads until the end could fill and stall the export.
     with open(root / "stdout.txt", "w") as stdout, open(root / "stderr.txt", "w") as stderr:
         process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=stdout, stderr=stderr)
@@ -443,7 +443,7 @@ def test_missing_onnxruntime_gives_the_install_hint(small_model_dir, monkeypatch
     assert not output_dir.exists()
     output_dir.mkdir()
     (output_dir / MANIFEST_FILE).write_text("{}")
-    with pytest.raises(OnnxDependencyError, match=r"pip install 'gcl-hf\[onnx\]'"):
+    with pytest.raises(OnnxDependencyError, match=r"pip install onnx onnxruntime onnxscript"):
         GCLOnnxRetriever.from_pretrained(output_dir)
 
 
