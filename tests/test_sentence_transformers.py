@@ -253,6 +253,8 @@ def test_loading_needs_trust_remote_code_and_one_kind_of_item_per_call(vista_fol
                                st_model.encode_document(TEXTS, convert_to_tensor=True), atol=0, rtol=0)
     with pytest.raises(ValueError, match="mixes multiple modalities"):
         st_model.encode([TEXTS[0], make_images(1)[0]])
+    with pytest.raises(ValueError, match=r"unrecognized modality keys: \['picture'\]"):
+        st_model.encode([{"picture": make_images(1)[0]}])
     with pytest.raises(ValueError, match="one image"):
         st_model[0].preprocess([{"image": make_images(2), "text": TEXTS[0]}])
 
