@@ -1,14 +1,17 @@
 # Copyright 2026 The GCL-HF authors. Apache-2.0.
 """Prepare the directory that is pushed to the Hub: exactly the files of the model repository.
 
-A full (or LoRA-merged) model is re-saved through transformers, so the repository gets safetensors weights, the
-processor, the remote code, `auto_map` entries for `AutoConfig`, `AutoModel`, `AutoModelForZeroShotImageClassification`
+A full (or LoRA-merged) model is re-saved through `GCLModel.save_pretrained`, so a CLIP backbone is published as a
+native CLIP checkpoint (CLIP's config with a `gcl` section, CLIP's weight names, `gcl_weights.safetensors` for an
+attention fusion or sigmoid bias) and other backbones in the GCL layout, whichever layout the run saved. The repository
+gets safetensors weights, the processor, the remote code, `auto_map` entries for `AutoConfig`, `AutoModel`, `AutoModelForZeroShotImageClassification`
 and `AutoProcessor`, and the `feature-extraction` custom pipeline in `config.json`. The remote code is whatever
 transformers' `custom_object_save` copies for the classes marked with `register_for_auto_class` — each class's module
 and, recursively, every sibling module it imports relatively — plus `pipeline_gcl.py` and its relative imports; a new
 file in `modeling_gcl/` travels as soon as the model code imports it. `verify_remote_code` then checks the export is
 self-contained. A LoRA adapter is exported as peft's files, the extra trainables and the processor. Both get the model
-card as `README.md` and the run's records (training record, held-out retrieval, evaluation outputs).
+card as `README.md` and the run's records (training record, held-out retrieval, evaluation outputs), with every local
+path in them replaced by its folder name (`redact.py`).
 """
 
 import json
