@@ -9,11 +9,19 @@ marker and fails to load instead of loading mixed weights.
 """
 
 import contextlib
+import errno
 import json
 import os
 import shutil
+import socket
 import tempfile
+import time
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; the pid in the lock file decides
+    fcntl = None
 
 # Files whose presence makes a folder look like a loadable model / adapter / checkpoint.
 MARKER_FILES = ("config.json", "adapter_config.json", "trainer_state.json")
@@ -35,9 +43,16 @@ def _fsync_path(path: str | os.PathLike) -> None:
 
 
 def _fsync_tree(root: str | os.PathLike) -> None:
+    """Flush a staged tree and give it the usual permissions: some writers (safetensors, `mkstemp`) leave files
+    private to their owner (0600), unlike every other file of a published folder."""
+    file_mode, folder_mode = 0o666 & ~_current_umask(), 0o777 & ~_current_umask()
     for folder, _, files in os.walk(root):
         for name in files:
-            _fsync_path(os.path.join(folder, name))
+            path = os.path.join(folder, name)
+            if not os.path.islink(path):
+                os.chmod(path, file_mode)
+            _fsync_path(path)
+        os.chmod(folder, folder_mode)
         _fsync_path(folder)
 
 
@@ -148,9 +163,151 @@ def staged_files(output_dir: str | os.PathLike, markers: tuple[str, ...] = MARKE
 
 
 def remove_stale_staging(folder: str | os.PathLike) -> list[str]:
-    """Delete `.gcl-staging-*` leftovers of saves a crash interrupted; returns what was removed."""
+    """Delete `.gcl-staging-*` leftovers of saves a crash interrupted; returns what was removed.
+
+    Nothing is touched while another live process holds the folder's run lock (see `output_dir_lock`): its staging
+    folders are saves in progress, not leftovers."""
+    if output_dir_in_use(folder) is not None:
+        return []
     removed = []
     for entry in Path(folder).glob(f"{STAGING_PREFIX}*"):
         shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
         removed.append(str(entry))
     return removed
+
+
+# --- one live run per output folder -------------------------------------------------------------------------------
+
+LOCK_FILE = ".gcl-run.lock"
+_held_locks: dict[str, list] = {}  # resolved folder -> [descriptor, nesting depth] for the locks this process holds
+
+
+class OutputDirInUseError(RuntimeError):
+    """Another live run holds the output folder's lock."""
+
+
+def lock_holder(folder: str | os.PathLike) -> dict | None:
+    """What `folder`'s lock file says about its writer (`{"pid", "host", "started"}`), or `None` without one."""
+    try:
+        holder = json.loads((Path(folder) / LOCK_FILE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def _pid_is_live(holder: dict) -> bool:
+    """Whether the pid in a lock file still runs. On another host it cannot be checked: count it as live."""
+    pid = holder.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    if holder.get("host") != socket.gethostname():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by another user
+        return True
+    return True
+
+
+def _try_lock(descriptor: int) -> bool | None:
+    """`flock` the file without waiting: True when taken, False when another process holds it, None when the file
+    system has no locks (then the pid in the file decides)."""
+    if fcntl is None:
+        return None
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return None
+    return True
+
+
+def _describe(holder: dict) -> str:
+    started = holder.get("started")
+    since = f", started {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(started))}" if started else ""
+    return f"pid {holder.get('pid')} on {holder.get('host')}{since}"
+
+
+def output_dir_in_use(folder: str | os.PathLike) -> dict | None:
+    """The lock record of a live run *other than this process* holding `folder`, else `None`."""
+    folder = Path(folder)
+    if str(folder.resolve()) in _held_locks:
+        return None
+    try:
+        descriptor = os.open(folder / LOCK_FILE, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        taken = _try_lock(descriptor)
+        holder = lock_holder(folder) or {}
+        live = (not taken) if taken is not None else _pid_is_live(holder)
+    finally:
+        os.close(descriptor)  # also drops a lock taken just to look
+    return holder if live else None
+
+
+@contextlib.contextmanager
+def output_dir_lock(folder: str | os.PathLike):
+    """Hold `folder/.gcl-run.lock` for the block, so a second run into the same output folder stops at once instead of
+    deleting the first run's staging folders and overwriting its checkpoints.
+
+    The lock is an `flock` on the file, which the kernel drops when its process dies: a crashed run never leaves it
+    stuck. The file names the holder (pid, host, start time) for the error message; on a file system without locks
+    the pid decides (a dead pid on this host is stale and taken over; one on another host cannot be checked and is
+    respected). Re-entrant within one process (gcl-train holds it around `GCLTrainer.train`, which takes it too).
+
+    Raises:
+        OutputDirInUseError: a live run holds the lock.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    key = str(folder.resolve())
+    if key in _held_locks:
+        _held_locks[key][1] += 1
+        try:
+            yield
+        finally:
+            _held_locks[key][1] -= 1
+        return
+    path = folder / LOCK_FILE
+    while True:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_current_umask())
+        taken = _try_lock(descriptor)
+        holder = lock_holder(folder) or {}
+        if taken is False or (taken is None and holder and _pid_is_live(holder) and holder.get("pid") != os.getpid()):
+            os.close(descriptor)
+            extra = f" (if that run is gone, delete {path})" if taken is None else ""
+            raise OutputDirInUseError(f"{folder} is in use by another run ({_describe(holder)}); wait for it to finish "
+                                      f"or choose another --output_dir{extra}.")
+        try:  # the holder may have removed the file between our open and lock: lock the file that is there now
+            same_file = os.fstat(descriptor).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same_file = False
+        if same_file:
+            break
+        os.close(descriptor)
+    record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+    os.ftruncate(descriptor, 0)
+    os.write(descriptor, json.dumps(record).encode())
+    _held_locks[key] = [descriptor, 1]
+    try:
+        yield
+    finally:
+        del _held_locks[key]
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # removed while still locked, so no other run can lock the old file meanwhile
+        os.close(descriptor)
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether `error` reports a full disk or exhausted quota (directly, or as the cause of a writer's error)."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        error = error.__cause__ or error.__context__
+    return False

@@ -1,7 +1,10 @@
 # Copyright 2026 The GCL-HF authors. Apache-2.0.
 """`GCLTrainer`: a `transformers.Trainer` that trains retrievers with GCL (or the CLIP baseline)."""
 
+import contextlib
+import errno
 import logging
+import math
 import os
 import shutil
 from collections import Counter
@@ -11,11 +14,12 @@ import torch
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader, IterableDataset
 from transformers import Trainer, TrainingArguments
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+from transformers.trainer_callback import TrainerState
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, get_last_checkpoint, rotate_checkpoints
 
 from modeling_gcl import ALL_LOSS_PAIRS
 
-from .atomic import STAGING_PREFIX, publish_directory, remove_stale_staging
+from .atomic import STAGING_PREFIX, is_disk_full, output_dir_lock, publish_directory, remove_stale_staging
 from .data import SKIPPED_SAMPLES_KEY, GCLCollator
 from .data import RowIndexedDataset
 from .losses import DEFAULT_SIGMOID_BIAS_INIT, LOSSES, CachedLoss, build_loss, check_tile_size
@@ -136,6 +140,38 @@ def apply_global_batch_size(args: GCLTrainingArguments, per_device_given: bool =
                          f"{per_device} pairs per device, but per_device_train_batch_size="
                          f"{args.per_device_train_batch_size} was given; set one of them.")
     args.per_device_train_batch_size = per_device
+
+
+class ResumeError(ValueError):
+    """`resume_from_checkpoint` names no usable checkpoint (none saved yet, a missing path, one past `max_steps`)."""
+
+
+class CheckpointDiskFullError(OSError):
+    """The disk filled up while a checkpoint was written; the partial checkpoint was removed."""
+
+
+TRAINER_STATE_FILE = "trainer_state.json"
+
+
+def resolve_resume_checkpoint(output_dir: str, resume_from_checkpoint) -> str | None:
+    """The checkpoint folder that `resume_from_checkpoint` names: `True` / `"true"` / `"last"` mean the newest
+    `checkpoint-N` in `output_dir`; `None` / `False` / `"false"` mean none. Raises `ResumeError` with one line when
+    there is nothing to resume from."""
+    if resume_from_checkpoint is None or resume_from_checkpoint is False:
+        return None
+    if isinstance(resume_from_checkpoint, str) and resume_from_checkpoint.lower() in ("false", "no", ""):
+        return None
+    if resume_from_checkpoint is True or str(resume_from_checkpoint).lower() in ("true", "last"):
+        last = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+        if last is None:
+            raise ResumeError(f"--resume_from_checkpoint true: {output_dir} holds no {PREFIX_CHECKPOINT_DIR}-N to "
+                              "resume from (checkpoints are written every --save_steps); start without it.")
+        return last
+    checkpoint = str(resume_from_checkpoint)
+    if not os.path.isfile(os.path.join(checkpoint, TRAINER_STATE_FILE)):
+        what = "no such checkpoint folder" if not os.path.isdir(checkpoint) else f"no {TRAINER_STATE_FILE} in it"
+        raise ResumeError(f"--resume_from_checkpoint {checkpoint}: {what}.")
+    return checkpoint
 
 
 class GCLTrainer(Trainer):
@@ -275,8 +311,45 @@ class GCLTrainer(Trainer):
                 self._skipped_since_log = 0
         super().log(logs, start_time)
 
-    def train(self, *args, **kwargs):
-        result = super().train(*args, **kwargs)
+    def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
+        """`Trainer.train`, holding the output folder's run lock (a second run into it stops at once), and with resume
+        rules that never train past the end: resuming a checkpoint taken at the last step (a run that finished, or
+        crashed while saving its final model) loads its weights and trains no further step."""
+        resume_from_checkpoint = resolve_resume_checkpoint(self.args.output_dir, resume_from_checkpoint)
+        with output_dir_lock(self.args.output_dir) if self.args.should_save else contextlib.nullcontext():
+            if resume_from_checkpoint is not None:
+                finished = self._finished_checkpoint(resume_from_checkpoint)
+                if finished is not None:
+                    return finished
+            result = super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial,
+                                   ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
+        return self._report_skipped(result)
+
+    def planned_steps(self) -> int:
+        """The run's number of optimizer steps (`max_steps`, or the epochs' worth of batches)."""
+        if self.args.max_steps > 0:
+            return self.args.max_steps
+        return self.set_initial_training_values(self.args, self.get_train_dataloader())[-1]
+
+    def _finished_checkpoint(self, checkpoint: str) -> TrainOutput | None:
+        """When `checkpoint` is at the run's last step, load it and return the finished run's output; `None` when
+        steps remain. A checkpoint past the last step is an error (its weights are not this run's result)."""
+        state = TrainerState.load_from_json(os.path.join(checkpoint, TRAINER_STATE_FILE))
+        planned = self.planned_steps()
+        if state.global_step < planned:
+            return None
+        if state.global_step > planned:
+            raise ResumeError(f"{checkpoint} is at step {state.global_step}, past this run's {planned} steps; "
+                              f"raise --max_steps or resume from an earlier {PREFIX_CHECKPOINT_DIR}-N.")
+        logger.warning("%s is at the last step (%d of %d): the run is complete, loading its weights and training no "
+                       "further step.", checkpoint, state.global_step, planned)
+        self._load_from_checkpoint(checkpoint)
+        self.state = state
+        losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
+        metrics = {"global_step": state.global_step, "resumed_finished_checkpoint": os.path.basename(checkpoint)}
+        return TrainOutput(state.global_step, losses[-1] if losses else math.nan, metrics)
+
+    def _report_skipped(self, result):
         total = sum(self.skipped_samples.values())
         if getattr(self.args, "skip_bad_samples", False):
             result.metrics["skipped_samples"] = total
@@ -303,7 +376,8 @@ class GCLTrainer(Trainer):
     def _save_checkpoint(self, model, trial):
         """Write `checkpoint-N` under a hidden staging folder, then rename it into place, so a save that a crash
         interrupts never leaves a `checkpoint-N` that `--resume_from_checkpoint` would pick up half-written
-        (`Trainer` writes checkpoints in place)."""
+        (`Trainer` writes checkpoints in place). A full disk removes the staging folder and raises
+        `CheckpointDiskFullError`; earlier checkpoints stay as they were."""
         run_dir = self._get_output_dir(trial=trial)
         staging_root = os.path.join(run_dir, f"{STAGING_PREFIX}checkpoints")
         name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
@@ -314,6 +388,16 @@ class GCLTrainer(Trainer):
         self._get_output_dir = lambda trial=None: staging_root  # `Trainer._save_checkpoint` writes under this
         try:
             super()._save_checkpoint(model, trial)
+        except BaseException as error:
+            shutil.rmtree(staging_root, ignore_errors=True)  # never a half-written checkpoint, even under staging
+            # torch's writer reports a full disk as "basic_ios::clear: iostream error"; safetensors and json as OSError
+            if is_disk_full(error) or (isinstance(error, RuntimeError) and _disk_nearly_full(run_dir)):
+                previous = get_last_checkpoint(run_dir)
+                kept = f"{os.path.basename(previous)} is intact" if previous else "no earlier checkpoint exists"
+                raise CheckpointDiskFullError(
+                    errno.ENOSPC, f"disk full while writing {name} in {run_dir}: the partial checkpoint was removed "
+                    f"and {kept}; free some space, then rerun with --resume_from_checkpoint true") from error
+            raise
         finally:
             del self._get_output_dir
         best = self.state.best_model_checkpoint
@@ -329,6 +413,13 @@ class GCLTrainer(Trainer):
             rotate_checkpoints(output_dir=run_dir, save_total_limit=self.args.save_total_limit,
                                best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
         self.accelerator.wait_for_everyone()
+
+
+def _disk_nearly_full(folder: str, margin: int = 64 * 2**20) -> bool:
+    try:
+        return shutil.disk_usage(folder).free < margin
+    except OSError:
+        return False
 
 
 def check_finite_parameters(model: torch.nn.Module, where: str) -> None:
