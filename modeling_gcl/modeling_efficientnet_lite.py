@@ -30,14 +30,15 @@ def same_padding(size: int, kernel_size: int, stride: int) -> tuple[int, int]:
 
 
 class GCLEfficientNetLiteConv2d(nn.Conv2d):
-    """A bias-free `nn.Conv2d` that pads as TensorFlow's "SAME" (`padding="same"`) or `kernel // 2` on every side."""
+    """`nn.Conv2d` (same signature, bias-free by default) that with `tf_same=True` pads at run time as TensorFlow's
+    "SAME" (the odd pixel at the bottom / right) instead of a fixed `padding`. The signature matches `nn.Conv2d` so
+    peft's LoRA can build its adapter convolutions from the class."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, groups: int = 1,
-                 padding_mode: str = "same"):
-        symmetric = kernel_size // 2 if padding_mode == "symmetric" else 0
-        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=symmetric, groups=groups,
-                         bias=False)
-        self.tf_same = padding_mode == "same"
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1, bias=False,
+                 padding_mode="zeros", tf_same: bool = True, **kwargs):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode,
+                         **kwargs)
+        self.tf_same = tf_same
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.tf_same:
@@ -45,6 +46,14 @@ class GCLEfficientNetLiteConv2d(nn.Conv2d):
             left, right = same_padding(hidden.shape[-1], self.kernel_size[1], self.stride[1])
             hidden = F.pad(hidden, (left, right, top, bottom))
         return super().forward(hidden)
+
+
+def conv(config: GCLEfficientNetLiteConfig, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
+         groups: int = 1) -> GCLEfficientNetLiteConv2d:
+    """A convolution padded as `config.padding` says: TF "SAME" at run time, or `kernel // 2` on every side."""
+    same = config.padding == "same"
+    return GCLEfficientNetLiteConv2d(in_channels, out_channels, kernel_size, stride=stride,
+                                     padding=0 if same else kernel_size // 2, groups=groups, tf_same=same)
 
 
 def drop_path(hidden: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
@@ -66,12 +75,11 @@ class GCLEfficientNetLiteBlock(nn.Module):
         hidden = in_channels * expand_ratio
         self.expand_conv = self.expand_norm = None
         if expand_ratio != 1:
-            self.expand_conv = GCLEfficientNetLiteConv2d(in_channels, hidden, 1, padding_mode=config.padding)
+            self.expand_conv = conv(config, in_channels, hidden, 1)
             self.expand_norm = nn.BatchNorm2d(hidden, eps=eps, momentum=momentum)
-        self.depthwise_conv = GCLEfficientNetLiteConv2d(hidden, hidden, kernel_size, stride=stride, groups=hidden,
-                                                        padding_mode=config.padding)
+        self.depthwise_conv = conv(config, hidden, hidden, kernel_size, stride=stride, groups=hidden)
         self.depthwise_norm = nn.BatchNorm2d(hidden, eps=eps, momentum=momentum)
-        self.project_conv = GCLEfficientNetLiteConv2d(hidden, out_channels, 1, padding_mode=config.padding)
+        self.project_conv = conv(config, hidden, out_channels, 1)
         self.project_norm = nn.BatchNorm2d(out_channels, eps=eps, momentum=momentum)
         self.has_residual = stride == 1 and in_channels == out_channels
         self.drop_path_rate = drop_path_rate
@@ -152,8 +160,7 @@ class GCLEfficientNetLiteModel(GCLEfficientNetLitePreTrainedModel):
     def __init__(self, config: GCLEfficientNetLiteConfig):
         super().__init__(config)
         eps, momentum = config.batch_norm_eps, config.batch_norm_momentum
-        self.stem_conv = GCLEfficientNetLiteConv2d(config.num_channels, config.stem_channels, 3, stride=2,
-                                                   padding_mode=config.padding)
+        self.stem_conv = conv(config, config.num_channels, config.stem_channels, 3, stride=2)
         self.stem_norm = nn.BatchNorm2d(config.stem_channels, eps=eps, momentum=momentum)
         stages = config.stages()
         num_blocks = sum(stage["repeats"] for stage in stages)
@@ -170,8 +177,7 @@ class GCLEfficientNetLiteModel(GCLEfficientNetLitePreTrainedModel):
                     drop_path_rate=config.drop_connect_rate * len(blocks) / num_blocks,
                 ))
         self.blocks = nn.ModuleList(blocks)
-        self.head_conv = GCLEfficientNetLiteConv2d(stages[-1]["out_channels"], config.hidden_size, 1,
-                                                   padding_mode=config.padding)
+        self.head_conv = conv(config, stages[-1]["out_channels"], config.hidden_size, 1)
         self.head_norm = nn.BatchNorm2d(config.hidden_size, eps=eps, momentum=momentum)
         self.dropout = nn.Dropout(config.dropout_rate)
         self.classifier = nn.Linear(config.hidden_size, config.num_classes) if config.num_classes else None
