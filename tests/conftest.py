@@ -15,6 +15,9 @@ OPENCLIPART_DIR = SHARED_DIR / "data" / "openclipart"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# gcl-train without --model_name_or_path trains the pretrained EfficientNet-Lite0 + MiniLM dual encoder (minutes); the
+# suite's runs without one train the bundled tiny CLIP (seconds). tests/test_dual_encoder.py runs the real default.
+os.environ.setdefault("GCL_TRAIN_DEFAULT_MODEL", "tiny-clip")
 
 requires_openclipart = pytest.mark.skipif(
     not (OPENCLIPART_DIR / "metadata.jsonl").exists(),
