@@ -21,6 +21,13 @@ class GCLProcessor(ProcessorMixin):
     def __init__(self, image_processor=None, tokenizer=None, **kwargs):
         super().__init__(image_processor, tokenizer, **kwargs)
 
+    def __call__(self, images=None, text=None, **kwargs):
+        # Captions longer than the text model's length are truncated unless the caller decides otherwise; it also keeps
+        # tokenizers whose config sets a `max_length` (MiniLM's) from warning that `padding=True` ignores it.
+        if text is not None and "truncation" not in kwargs:
+            kwargs["truncation"] = True
+        return super().__call__(images=images, text=text, **kwargs)
+
     @classmethod
     def from_backbone(cls, backbone: str, **kwargs) -> "GCLProcessor":
         """Build from a backbone's Hub id or directory (e.g. `"openai/clip-vit-base-patch32"`)."""

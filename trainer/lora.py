@@ -1,7 +1,9 @@
 # Copyright 2026 The GCL-HF authors. Apache-2.0.
 """LoRA for GCL models through peft: presets, the logit scale as an explicit trainable, saving and merging."""
 
+import contextlib
 import os
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -69,6 +71,15 @@ def freeze_towers(model: GCLModel, towers: Sequence[str]) -> GCLModel:
 EXTRA_TRAINABLES_FILE = "gcl_extra_trainables.safetensors"
 
 
+@contextlib.contextmanager
+def _without_peft_deprecation_warning():
+    """peft probes transformers' deprecated `is_gradient_checkpointing` when it wraps a model: a FutureWarning the
+    user can do nothing about."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*deprecated", category=FutureWarning)
+        yield
+
+
 def apply_lora(
     model: GCLModel,
     r: int = 16,
@@ -113,7 +124,8 @@ def apply_lora(
         target_modules=targets,
         modules_to_save=["fusion"] if has_fusion_parameters else None,
     )
-    peft_model = get_peft_model(model, config)
+    with _without_peft_deprecation_warning():
+        peft_model = get_peft_model(model, config)
     if train_logit_scale:
         base = peft_model.get_base_model()
         base.encoder.logit_scale.requires_grad_(True)
@@ -151,7 +163,8 @@ def load_lora_model(base_model: GCLModel, adapter_dir: str, is_trainable: bool =
     extras = load_file(extras_path) if os.path.exists(extras_path) else {}
     if "logit_bias" in extras and getattr(base_model, "logit_bias", None) is None:
         base_model.add_logit_bias(float(extras["logit_bias"]))  # trained with the sigmoid loss: the base had no bias
-    peft_model = PeftModel.from_pretrained(base_model, adapter_dir, is_trainable=is_trainable)
+    with _without_peft_deprecation_warning():
+        peft_model = PeftModel.from_pretrained(base_model, adapter_dir, is_trainable=is_trainable)
     load_extra_trainables(peft_model, extras, extras_path)
     return peft_model
 

@@ -29,6 +29,17 @@ from .data import UniqueGroupBatchSampler
 logger = logging.getLogger(__name__)
 
 
+class _SkipSpecialTokenAlignmentNotice(logging.Filter):
+    """`Trainer.train` copies the tokenizer's PAD/BOS/EOS ids into the model config and warns that it did: a notice
+    for generative models; a GCL retriever never generates, so there is nothing to act on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("The tokenizer has new PAD/BOS/EOS tokens")
+
+
+logging.getLogger("transformers.trainer_utils").addFilter(_SkipSpecialTokenAlignmentNotice())
+
+
 @dataclass
 class GCLTrainingArguments(TrainingArguments):
     r"""
@@ -192,6 +203,8 @@ class GCLTrainer(Trainer):
     def __init__(self, model=None, args: GCLTrainingArguments | None = None, data_collator=None, train_dataset=None,
                  loss=None, **kwargs):
         args = args if args is not None else GCLTrainingArguments()
+        if args.dataloader_pin_memory and args.device.type == "cpu":
+            args.dataloader_pin_memory = False  # pinned memory only helps copies to an accelerator; torch warns on CPU
         if getattr(args, "use_lora", False) and getattr(args, "freeze_towers", None):
             raise ValueError("freeze_towers applies to full fine-tuning; with use_lora, name the towers that get no "
                              "adapters in lora_frozen_towers.")
