@@ -17,6 +17,7 @@ from trainer.data import (
     ROW_INDEX_KEY,
     BadSampleError,
     DataError,
+    UniqueGroupBatchSampler,
     load_image_caption_dataset,
     split_holdout,
 )
@@ -99,7 +100,19 @@ def test_an_unused_column_whose_type_changes_never_breaks_loading(tmp_path, capl
     assert len(dataset) == 3 and dataset["caption"] == ["a", "b", "c"]
     assert dataset["extra"] == ["1", '"x"', '{"k": [1]}']  # JSON text: distinct values stay distinct
     assert dataset["id"] == [10, 11, 12]  # a column of one type keeps it
-    assert "column `extra` mixes dict/int/str values; kept as JSON text" in caplog.text
+    assert "column `extra` (dict/int/str values) does not fit one Arrow type; kept as JSON text" in caplog.text
+
+
+def test_a_column_arrow_cannot_hold_is_kept_as_json_text(tmp_path):
+    path = _pairs(tmp_path, [{"image": "0.png", "caption": "a", "big": 2**70}, {"image": "1.png", "caption": "b", "big": 1}])
+    assert load_image_caption_dataset(path)["big"] == [str(2**70), "1"]
+
+
+@pytest.mark.parametrize("group, message", [(["a", "list"], r"training row 1: the group id \['a', 'list'\] is a list"),
+                                            (None, r"training row 1: no group id \(None\)")])
+def test_group_ids_that_cannot_keep_groups_apart_name_the_row(group, message):
+    with pytest.raises(DataError, match=message):
+        UniqueGroupBatchSampler(["g0", group, "g2", "g3"], batch_size=2)
 
 
 def test_an_image_path_of_a_wrong_type_names_file_and_line(tmp_path):

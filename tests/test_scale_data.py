@@ -90,7 +90,7 @@ def test_streaming_jsonl_resolves_relative_paths(tmp_path):
 
 def test_cli_streaming_needs_max_steps_and_runs(tmp_path):
     with pytest.raises(SystemExit, match="max_steps"):
-        run(["--streaming", "true", "--model_name_or_path", "unused", "--max_steps", "-1"])
+        run(["--streaming", "true", "--max_steps", "-1"])
     results = run(["--streaming", "true", "--max_steps", "2", "--per_device_train_batch_size", "8",
                    "--eval_holdout", "8", "--output_dir", str(tmp_path / "s"), "--save_strategy", "no",
                    "--disable_tqdm", "true", "--mini_batch_size", "4"])

@@ -111,8 +111,8 @@ def _extra_column(name: str, values: list, source: str) -> tuple[list, object]:
     try:
         return values, datasets.Dataset.from_dict({name: values}).features[name]
     except Exception:  # pyarrow type clashes: number vs string, list vs object, ...
-        kinds = sorted({type(value).__name__ for value in values if value is not None})
-        logger.warning("%s: column `%s` mixes %s values; kept as JSON text.", source, name, "/".join(kinds))
+        kinds = "/".join(sorted({type(value).__name__ for value in values if value is not None}))
+        logger.warning("%s: column `%s` (%s values) does not fit one Arrow type; kept as JSON text.", source, name, kinds)
         return [None if value is None else json.dumps(value, ensure_ascii=False) for value in values], \
             datasets.Value("string")
 

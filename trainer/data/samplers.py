@@ -7,6 +7,8 @@ from collections.abc import Hashable, Iterator, Sequence
 import torch
 from torch.utils.data import Sampler
 
+from .errors import DataError
+
 
 class UniqueGroupBatchSampler(Sampler[list[int]]):
     r"""
@@ -28,6 +30,14 @@ class UniqueGroupBatchSampler(Sampler[list[int]]):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
         self.group_ids = list(group_ids)
+        for row, group in enumerate(self.group_ids):  # a None or unhashable id would fail deep inside, or merge rows
+            try:
+                hash(group)
+            except TypeError:
+                raise DataError(f"training row {row}: the group id {group!r:.60} is a {type(group).__name__}, which "
+                                "cannot be compared as a group; use strings or numbers.") from None
+            if group is None:
+                raise DataError(f"training row {row}: no group id (None); every row needs one to keep groups apart.")
         self.batch_size = batch_size
         self.drop_last = drop_last
         self.seed = seed
