@@ -631,6 +631,7 @@ class GCLModel(GCLPreTrainedModel):
     @classmethod
     def _wrap_clip_checkpoint(cls, clip: CLIPModel, config: GCLConfig, path, hub_kwargs: dict) -> "GCLModel":
         trained_logit_scale = clip.logit_scale.detach().clone()
+        config._attn_implementation = clip.config._attn_implementation  # as loaded (e.g. `attn_implementation=`)
         model = cls(config, encoder=clip)
         with torch.no_grad():  # the constructor sets a fixed temperature's *initial* value; keep the trained one
             model.encoder.logit_scale.copy_(trained_logit_scale)

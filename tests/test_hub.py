@@ -338,6 +338,23 @@ def test_card_metadata_and_body_report_the_run(export):
     assert "hf_secret_do_not_leak" not in (export.path / TRAINING_RECORD_FILE).read_text()
 
 
+def test_a_vista_export_keeps_the_gcl_layout_and_claims_no_widget(tmp_path, processor):
+    """VISTA fuses inside its text encoder: no transformers class runs it, so its repository is custom code only. The
+    card must not claim a widget or CLIP usage, and names the loaders that do work."""
+    make_tiny_vista_run(tmp_path / "vista_run", processor)
+    export = prepare_export_dir(tmp_path / "vista_run", tmp_path / "vista_repo", REPO_ID)
+    config = json.loads((export.path / "config.json").read_text())
+    assert config["model_type"] == "gcl" and config["backbone_type"] == "vista" and "gcl" not in config
+    card = ModelCard.load(export.path / "README.md")
+    data = card.data.to_dict()
+    assert "widget" not in data and data["pipeline_tag"] == "feature-extraction"
+    assert data["library_name"] == "sentence-transformers" and "clip" not in data["tags"]
+    assert f'SentenceTransformer("{REPO_ID}", trust_remote_code=True)' in card.text
+    assert f'AutoModel.from_pretrained("{REPO_ID}", trust_remote_code=True)' in card.text
+    assert "CLIPModel" not in card.text and "zero-shot-image-classification" not in card.text
+    assert "no hosted widget runs it" in card.text
+
+
 def test_card_for_a_from_scratch_clip_loss_run_with_evaluation_and_heatmap(run_dir, tmp_path):
     run = tmp_path / "run"
     run.mkdir()

@@ -234,6 +234,11 @@ def test_attention_fusion_and_sigmoid_bias_travel_beside_the_clip_weights(tmp_pa
     for key, value in model.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[key], value, atol=0, rtol=0)
     assert not loaded.encoder.logit_scale.requires_grad  # a fixed temperature stays fixed
+    # Loading options reach CLIP's loader, and GCL's own tensors follow the loaded dtype.
+    half = GCLModel.from_pretrained(tmp_path, dtype=torch.bfloat16, attn_implementation="eager")
+    assert {parameter.dtype for parameter in half.parameters()} == {torch.bfloat16}
+    assert half.encoder.config._attn_implementation == "eager"
+    torch.testing.assert_close(half.fusion.score_weight.float(), model.fusion.score_weight, atol=1e-2, rtol=1e-2)
     # Re-saved with a fusion that has no weights of its own, the folder drops the stale file.
     GCLModel.from_backbone(clip).save_pretrained(tmp_path)
     assert not (tmp_path / GCL_WEIGHTS_NAME).exists()
