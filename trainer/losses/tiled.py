@@ -87,13 +87,13 @@ def _chunks(length: int, size: int) -> list[tuple[int, int]]:
     return [(start, min(start + size, length)) for start in range(0, length, size)]
 
 
-def _tile_logits(buffer: torch.Tensor | None, rows: torch.Tensor, columns: torch.Tensor, inv_tau: float,
+def _tile_logits(buffer: torch.Tensor | None, scaled_rows: torch.Tensor, columns: torch.Tensor,
                  diagonal: int) -> torch.Tensor:
-    """`rows · columnsᵀ / τ` (into `buffer` when given), with the same-sample cells, which lie on one diagonal of
-    the tile, set to −inf."""
-    shape = (rows.shape[0], columns.shape[0])
-    out = buffer[: shape[0] * shape[1]].view(shape) if buffer is not None else rows.new_empty(shape)
-    torch.addmm(out, rows, columns.T, beta=0, alpha=inv_tau, out=out)
+    """`scaled_rows · columnsᵀ` (the rows already divided by τ; into `buffer` when given), with the same-sample
+    cells, which lie on one diagonal of the tile, set to −inf."""
+    shape = (scaled_rows.shape[0], columns.shape[0])
+    out = buffer[: shape[0] * shape[1]].view(shape) if buffer is not None else scaled_rows.new_empty(shape)
+    torch.mm(scaled_rows, columns.T, out=out)  # (addmm with alpha and out= is ~100x slower on the CPU)
     out.diagonal(diagonal).fill_(float("-inf"))  # empty when the tile holds none
     return out
 
@@ -121,12 +121,14 @@ class TiledSoftmaxLoss(torch.autograd.Function):
         inv_tau = 1.0 / float(temperature)
         offset = spec.offset
         active = sorted({a for a, _, _ in spec.pairs})  # anchor blocks with a term; the others need no rows
+        # Scaling the B × d rows by 1/τ once is cheaper than scaling every tile.
+        scaled = {a: anchors[a] * inv_tau for a in active}
 
         same = {}  # (a, c) -> the B same-sample logits of anchor block a in candidate block c (c != a)
         for a in active:
             for c in spec.spans[a]:
                 if c != a:
-                    same[(a, c)] = (anchors[a] * candidates[c][offset: offset + num_anchors]).sum(-1) * inv_tau
+                    same[(a, c)] = (scaled[a] * candidates[c][offset: offset + num_anchors]).sum(-1)
 
         keep = spec.tile_size is None
         tile = max(num_anchors, num_candidates) if keep else spec.tile_size
@@ -137,8 +139,7 @@ class TiledSoftmaxLoss(torch.autograd.Function):
             for j0, j1 in _chunks(num_anchors, tile):
                 for c in spec.spans[a]:
                     for k0, k1 in _chunks(num_candidates, tile):
-                        logits = _tile_logits(buffer, anchors[a][j0:j1], candidates[c][k0:k1], inv_tau,
-                                              offset + j0 - k0)
+                        logits = _tile_logits(buffer, scaled[a][j0:j1], candidates[c][k0:k1], offset + j0 - k0)
                         shift = _finite_or_zero(logits.amax(dim=1))
                         exps = logits.sub_(shift[:, None]).exp_()
                         lse[j0:j1] = torch.logaddexp(lse[j0:j1], exps.sum(dim=1).log() + shift)
@@ -190,6 +191,7 @@ class TiledSoftmaxLoss(torch.autograd.Function):
         candidate_grads = anchor_grads if ctx.shared else [torch.zeros_like(x) for x in candidates]
         # The kept tiles are turned into gradients in place; a second backward (retain_graph) recomputes them.
         buffer = None
+        scaled = {a: anchors[a] * inv_tau for a in ctx.active}  # bit-identical to the forward's
         for a in ctx.active:
             finite_lse = _finite_or_zero(ctx.negatives_lse[a])
             for j0, j1 in _chunks(num_anchors, tile):
@@ -199,12 +201,11 @@ class TiledSoftmaxLoss(torch.autograd.Function):
                         if entry is None and buffer is None:
                             buffer = anchors[0].new_empty(min(tile, num_anchors) * min(tile, num_candidates))
                         if entry is None and not keep:
-                            logits = _tile_logits(buffer, anchors[a][j0:j1], candidates[c][k0:k1], inv_tau,
-                                                  offset + j0 - k0)
+                            logits = _tile_logits(buffer, scaled[a][j0:j1], candidates[c][k0:k1], offset + j0 - k0)
                             grads = logits.sub_(finite_lse[j0:j1, None]).exp_().mul_(row_scale[a][j0:j1, None])
                         else:
                             if entry is None:  # a second backward: recompute the kept tile as the forward made it
-                                logits = _tile_logits(buffer, anchors[a][j0:j1], candidates[c][k0:k1], inv_tau,
+                                logits = _tile_logits(buffer, scaled[a][j0:j1], candidates[c][k0:k1],
                                                       offset + j0 - k0)
                                 shift = _finite_or_zero(logits.amax(dim=1))
                                 entry = (logits.sub_(shift[:, None]).exp_(), shift)

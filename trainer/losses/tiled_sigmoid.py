@@ -27,18 +27,19 @@ class TiledSigmoidLoss(torch.autograd.Function):
         num_anchors, num_candidates = anchors[0].shape[0], candidates[0].shape[0]
         inv_tau, bias = 1.0 / float(temperature), float(logit_bias)
         buffer = anchors[0].new_empty(min(tile_size, num_anchors) * min(tile_size, num_candidates))
+        scaled = [x * inv_tau for x in anchors]  # the rows divided by τ once, not every tile
         negatives = anchors[0].new_zeros(())
         for a in range(3):
             for j0, j1 in _chunks(num_anchors, tile_size):
                 for c in range(3):
                     for k0, k1 in _chunks(num_candidates, tile_size):
                         # Same-sample cells are −inf (softplus 0): they are positives, or ignored.
-                        logits = _tile_logits(buffer, anchors[a][j0:j1], candidates[c][k0:k1], inv_tau,
+                        logits = _tile_logits(buffer, scaled[a][j0:j1], candidates[c][k0:k1],
                                               offset + j0 - k0).add_(bias)
                         negatives = negatives + F.softplus(logits).sum()
         negatives = negatives / (3 * num_anchors)
         positive_logits = [
-            (anchors[a] * candidates[b][offset: offset + num_anchors]).sum(-1) * inv_tau + bias for a, b in pairs
+            (scaled[a] * candidates[b][offset: offset + num_anchors]).sum(-1) + bias for a, b in pairs
         ]
         terms = torch.stack([F.softplus(-s).mean() for s in positive_logits] + [negatives])
         loss = terms[:-1].sum() / 3 + negatives
@@ -60,12 +61,13 @@ class TiledSigmoidLoss(torch.autograd.Function):
         candidate_grads = anchor_grads if ctx.shared else [torch.zeros_like(x) for x in candidates]
         buffer = anchors[0].new_empty(min(tile_size, num_anchors) * min(tile_size, num_candidates))
         negative_scale = grad_loss / (3 * num_anchors)
+        scaled = [x * inv_tau for x in anchors]
         grad_bias = anchors[0].new_zeros(())
         for a in range(3):
             for j0, j1 in _chunks(num_anchors, tile_size):
                 for c in range(3):
                     for k0, k1 in _chunks(num_candidates, tile_size):
-                        logits = _tile_logits(buffer, anchors[a][j0:j1], candidates[c][k0:k1], inv_tau,
+                        logits = _tile_logits(buffer, scaled[a][j0:j1], candidates[c][k0:k1],
                                               offset + j0 - k0).add_(ctx.bias)
                         grads = logits.sigmoid_().mul_(negative_scale)
                         grad_bias = grad_bias + grads.sum()
