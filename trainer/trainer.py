@@ -203,6 +203,9 @@ class GCLTrainer(Trainer):
     def __init__(self, model=None, args: GCLTrainingArguments | None = None, data_collator=None, train_dataset=None,
                  loss=None, **kwargs):
         args = args if args is not None else GCLTrainingArguments()
+        if getattr(args, "fp16", False) and args.device.type == "cpu":
+            raise ValueError("fp16=True needs a CUDA GPU; on the CPU, Trainer would silently train in float32 while the "
+                             "run records say fp16. Use bf16=True (bfloat16 autocast works on the CPU) or neither.")
         if args.dataloader_pin_memory and args.device.type == "cpu":
             args.dataloader_pin_memory = False  # pinned memory only helps copies to an accelerator; torch warns on CPU
         if getattr(args, "use_lora", False) and getattr(args, "freeze_towers", None):
