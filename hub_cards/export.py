@@ -28,7 +28,7 @@ from modeling_gcl import GCL_PIPELINE_TASK, GCL_WEIGHTS_NAME, GCLFeatureExtracti
 from trainer.atomic import staged_directory
 
 from .card import HOLDOUT_HEATMAP_METRIC, render_model_card
-from .redact import LocalPathRedactor
+from .redact import LocalPathRedactor, redact_name_or_path
 from .run_record import ADAPTER_SUBDIR, HOLDOUT_FILE, TRAINING_RECORD_FILE, RunInfo, read_run
 
 logger = logging.getLogger(__name__)
@@ -180,7 +180,16 @@ def _export_model(run: RunInfo, destination: Path) -> None:
     model.save_pretrained(destination)  # safetensors + the config's and model's modules (with relative imports)
     processor.save_pretrained(destination)  # + the processor's module + its auto_map
     custom_object_save(GCLFeatureExtractionPipeline, destination)  # + pipeline_gcl.py (with relative imports)
+    _redact_saved_configs(destination)
     verify_remote_code(destination)
+
+
+def _redact_saved_configs(destination: Path) -> None:
+    """Sub-configs keep the local folder they were loaded from (`_name_or_path`, e.g. a VISTA text encoder's)."""
+    for name in ("config.json", "processor_config.json", "tokenizer_config.json", "preprocessor_config.json",
+                 "adapter_config.json"):
+        if (destination / name).is_file():
+            redact_name_or_path(destination / name)
 
 
 def _export_adapter(run: RunInfo, destination: Path) -> None:
@@ -192,6 +201,7 @@ def _export_adapter(run: RunInfo, destination: Path) -> None:
             shutil.copyfile(adapter_dir / name, destination / name)
     processor_source = adapter_dir if (adapter_dir / "processor_config.json").is_file() else run.output_dir
     GCLProcessor.from_pretrained(processor_source).save_pretrained(destination)
+    _redact_saved_configs(destination)
     verify_remote_code(destination)
 
 

@@ -106,4 +106,27 @@ class LocalPathRedactor:
             path.write_text(self.redact_text(path.read_text(encoding="utf-8")), encoding="utf-8")
 
 
-__all__ = ["LocalPathRedactor", "is_local_path", "public_name"]
+# The keys under which transformers (and peft, for an adapter's base) record where something was loaded from
+# (sub-configs keep theirs when saved, e.g. a VISTA text encoder loaded from a local folder).
+NAME_OR_PATH_KEYS = ("_name_or_path", "name_or_path", "base_model_name_or_path")
+
+
+def redact_name_or_path(path: Path) -> None:
+    """Rewrite a saved `config.json`-like file so no `_name_or_path` entry (at any depth) holds a local path; only those
+    keys are touched (a tokenizer's vocabulary may hold strings that look like paths)."""
+
+    def walk(value):
+        if isinstance(value, dict):
+            return {key: (public_name(item) if key in NAME_OR_PATH_KEYS and is_local_path(item) else walk(item))
+                    for key, item in value.items()}
+        if isinstance(value, list):
+            return [walk(item) for item in value]
+        return value
+
+    data = json.loads(path.read_text(encoding="utf-8"))
+    redacted = walk(data)
+    if redacted != data:
+        path.write_text(json.dumps(redacted, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+__all__ = ["NAME_OR_PATH_KEYS", "LocalPathRedactor", "is_local_path", "public_name", "redact_name_or_path"]

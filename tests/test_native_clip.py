@@ -315,6 +315,29 @@ def test_a_plain_clip_checkpoint_is_not_a_gcl_model(tmp_path):
         GCLModel.from_pretrained(tmp_path)
 
 
+def test_a_vista_export_does_not_name_the_local_text_encoder_folder(tmp_path, processor):
+    """A GCL-layout model keeps each sub-config's `_name_or_path` (VISTA's text encoder loaded from a local folder);
+    the export names the folder only."""
+    from transformers import BertConfig, BertModel
+
+    secret = tmp_path / TOKEN / "bert-tiny"
+    BertModel(BertConfig(vocab_size=49408, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=128)).save_pretrained(secret)
+    vision = dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                  intermediate_size=64, rope_pretrain_grid=4)
+    model = GCLModel.from_vista_backbone(str(secret), vision_config=vision, cls_token_id=49406, sep_token_id=49407)
+    run = tmp_path / "run"
+    model.save_pretrained(run)
+    processor.save_pretrained(run)
+    assert TOKEN in (run / "config.json").read_text()  # the local save keeps it
+    assert gcl_push([str(run), "--repo_id", REPO_ID, "--export_dir", str(tmp_path / "repo")]) == 0
+    for path in (tmp_path / "repo").rglob("*"):
+        if path.is_file():
+            assert TOKEN.encode() not in path.read_bytes(), path.name
+    saved = json.loads((tmp_path / "repo" / "config.json").read_text())
+    assert saved["vista_config"]["text_config"]["_name_or_path"] == "bert-tiny"
+
+
 def test_processor_files_load_natively_and_as_gcl_processor(trained_run):
     assert json.loads((trained_run / "processor_config.json").read_text())["processor_class"] == "CLIPProcessor"
     assert isinstance(GCLProcessor.from_pretrained(trained_run), GCLProcessor)
