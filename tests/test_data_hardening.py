@@ -5,6 +5,7 @@ stops loading; held-out errors name the row of the user's file."""
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 
@@ -119,6 +120,48 @@ def test_an_image_path_of_a_wrong_type_names_file_and_line(tmp_path):
     path = _pairs(tmp_path, [{"image": "0.png", "caption": "a"}, {"image": 3, "caption": "b"}])
     with pytest.raises(DataError, match=r"pairs\.jsonl:2: needs a non-empty string `image` \(the image's path\), got 3"):
         load_image_caption_dataset(path)
+
+
+def test_csv_metadata_is_text_and_names_its_lines(tmp_path, caplog):
+    folder = tmp_path / "folder"
+    _write_images(folder)
+    # datasets' CSV reader typed this caption column as integers, so every caption was "a int".
+    (folder / "metadata.csv").write_text('\ufefffile_name,caption,id\n0.png,1984,7\n\n1.png,"two, quoted",8\n')
+    dataset = load_image_caption_dataset(folder)
+    assert dataset["caption"] == ["1984", "two, quoted"] and dataset["id"] == ["7", "8"]
+    assert dataset[ROW_INDEX_KEY] == [0, 1] and dataset[0]["image"]["path"] == str(folder / "0.png")
+    (folder / "metadata.csv").write_text("file_name,caption\n0.png,a\n1.png,b,surplus\n")
+    with pytest.raises(DataError, match=r"metadata\.csv:3: 3 field\(s\), but the header has 2 \(file_name, caption\)"):
+        load_image_caption_dataset(folder)
+    (folder / "metadata.csv").write_text("file_name,caption\n0.png,a\ngone.png,b\n2.png,   \n")
+    with pytest.raises(DataError, match=r"metadata\.csv:4: `caption` is empty"):  # fields before files
+        load_image_caption_dataset(folder)
+    with caplog.at_level(logging.WARNING):
+        assert len(load_image_caption_dataset(folder, skip_bad_rows=True)) == 1
+    assert "skipped 2 bad row(s)" in caplog.text and re.search(r"metadata\.csv:3: image .*gone\.png does not exist",
+                                                              caplog.text)
+    (folder / "metadata.csv").write_text("file_name,caption\n")
+    with pytest.raises(DataError, match=r"metadata\.csv: no rows"):
+        load_image_caption_dataset(folder)
+
+
+@pytest.mark.parametrize("reader", ["imagefolder", "jsonl"])
+def test_an_empty_caption_is_named_at_load(tmp_path, reader):
+    key = "file_name" if reader == "imagefolder" else "image"
+    source = _imagefolder(tmp_path, _three(" \t", key)) if reader == "imagefolder" else _pairs(tmp_path, _three("", key))
+    with pytest.raises(DataError, match=r":2: `caption` is empty"):
+        load_image_caption_dataset(source)
+
+
+def test_an_lcs558k_caption_that_is_only_the_image_token_is_a_bad_row(tmp_path):
+    _write_images(tmp_path)
+    elements = [{"id": str(i), "image": f"{i}.png", "conversations": [{"from": "human", "value": "<image>"},
+                                                                      {"from": "gpt", "value": caption}]}
+                for i, caption in enumerate(["a red square", "<image>", "a third"])]
+    (tmp_path / "lcs.json").write_text(json.dumps(elements))
+    with pytest.raises(DataError, match=r"lcs\.json: row 1 \(id '1'\): the caption .* is empty"):
+        load_image_caption_dataset(tmp_path / "lcs.json")
+    assert load_image_caption_dataset(tmp_path / "lcs.json", skip_bad_rows=True)[ROW_INDEX_KEY] == [0, 2]
 
 
 # --- empty and dangling ----------------------------------------------------------------------------------------------

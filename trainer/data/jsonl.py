@@ -33,7 +33,8 @@ def load_jsonl_pairs(path: Path, image_column: str, folder: str, caption_column:
         caption_column (`str`): the key of the caption.
         streaming (`bool`): read the file lazily (image, caption and row index only).
         skip_bad_rows (`bool`): skip (count, and report in a warning) a line whose image is not a path string or
-            names no file, or whose caption is not a string, instead of raising `DataError` naming the file and line.
+            names no file, or whose caption is missing, not a string or empty, instead of raising `DataError` naming
+            the file and line.
 
     Returns:
         A `datasets.Dataset` (or `IterableDataset`) with string columns `image_column` (the resolved path) and

@@ -217,8 +217,8 @@ def lcs558k_row(element: dict, index: int, image_root: str, source: str = "") ->
 
     Returns:
         `{"image": absolute path, "caption": the first "gpt" turn's value without <image>, "id": str or None,
-        "gcl_row_index": index}`. A row without an image path or a gpt turn, or with a non-string caption, raises
-        `DataError` naming the file, the row index and its id.
+        "gcl_row_index": index}`. A row without an image path or a gpt turn, or with a non-string or empty caption,
+        raises `DataError` naming the file, the row index and its id.
     """
     row_id = element.get("id")
     row_id = None if row_id is None else str(row_id)
@@ -240,9 +240,12 @@ def lcs558k_row(element: dict, index: int, image_root: str, source: str = "") ->
     caption = answer.get("value")
     if not isinstance(caption, str):
         raise bad(f"the caption (the first \"gpt\" turn's `value`) is a {type(caption).__name__}, expected a string.")
+    caption = strip_image_token(caption)
+    if not caption.strip():
+        raise bad("the caption (the first \"gpt\" turn's `value`) is empty.")
     return {
         "image": image if os.path.isabs(image) else os.path.join(image_root, image),
-        "caption": strip_image_token(caption),
+        "caption": caption,
         "id": row_id,
         ROW_INDEX_KEY: index,
     }

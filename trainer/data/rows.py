@@ -66,6 +66,8 @@ def check_fields(record: dict, where: str, image_key: str, caption_column: str, 
     if not isinstance(caption, str):
         kind = "null" if caption is None else f"a {type(caption).__name__} ({_shown(caption)})"
         raise DataError(f"{where}: `{caption_column}` is {kind}, expected a string.")
+    if not caption.strip():
+        raise DataError(f"{where}: `{caption_column}` is empty.")
     return resolve_image_path(image, folder)
 
 
