@@ -102,6 +102,35 @@ def test_console_script_help():
                  "--use_lora", "--output_dir", "--max_steps", "--per_device_train_batch_size", "--learning_rate",
                  "--seed", "--skip_bad_samples", "--loss_pairs"):
         assert flag in result.stdout, flag
+    # GCL's own arguments first, grouped by topic, then the common training ones; the rest behind --help-all.
+    lines = result.stdout.splitlines()
+    headers = [line[:-1] for line in lines if line and not line.startswith(" ") and line.endswith(":")]
+    assert headers[:6] == ["data", "loss", "model", "scale (large batches, many GPUs, big data)", "LoRA", "publishing"]
+    assert headers[6] == "training (common TrainingArguments)"
+    assert len(lines) <= 130, len(lines)  # about two screens; --help-all is ~750 lines
+    assert "--help-all" in lines[-1]
+    assert "--lr_scheduler_type" not in result.stdout and "--train-data" not in result.stdout
+    _assert_one_default_per_entry(result.stdout)
+
+
+def _assert_one_default_per_entry(help_text: str):
+    import re
+
+    entries = re.split(r"\n  (?=-)", help_text)
+    assert len(entries) > 40
+    for entry in entries:  # argparse's "(default: X)" only where the text does not already name the default
+        if "(default: " in entry:
+            assert len(re.findall(r"\bdefault", entry, re.IGNORECASE)) == 1, entry
+
+
+def test_help_all_lists_every_inherited_argument_with_one_default_each(capsys):
+    with pytest.raises(SystemExit) as stopped:
+        parse_arguments(["--help-all"])
+    assert stopped.value.code == 0
+    full = capsys.readouterr().out
+    for flag in ("--lr_scheduler_type", "--gradient_accumulation_steps", "--ddp_backend", "--loss_pairs"):
+        assert flag in full, flag
+    _assert_one_default_per_entry(full)
 
 
 def test_example_recipes_parse():

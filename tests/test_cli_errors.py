@@ -121,3 +121,14 @@ def test_gcl_train_reports_the_trainer_clash_in_one_line(tmp_path):
     _fake_trainer_distribution(tmp_path / "site")
     result, _ = _gcl_train("--help", env={"PYTHONPATH": str(tmp_path / "site")})
     _assert_one_line_error(result, "also provides the top-level package `trainer`: trainer 0.0.36")
+
+
+def test_gcl_eval_names_the_nearest_flag_too(capsys):
+    from trainer.eval_cli import build_parser
+
+    with pytest.raises(SystemExit) as stopped:
+        build_parser().parse_args(["--batch_sise", "3", "--output_dir", "out"])
+    assert stopped.value.code == 2
+    error = capsys.readouterr().err
+    assert "unrecognized arguments: --batch_sise 3 (did you mean --batch_size?)" in error
+    assert len(error.strip().splitlines()) == 1

