@@ -266,6 +266,10 @@ def _distributed_worker(rank: int, store: str, out_path: str):
                 loss.backward()
                 results[(layout, name, rank)] = (loss.detach(), [c.grad for c in local], tau.grad,
                                                  extra["logit_bias"].grad if extra else None)
+        try:  # a process whose model has another embedding size: a clear error on every process, no hang
+            GCLLoss(tile_size=3)(*[torch.randn(4, 6 if rank == 0 else 5, dtype=torch.float64) for _ in range(3)], 0.1)
+        except ValueError as error:
+            results[("mismatch", rank)] = str(error)
         gathered = [None] * 2
         dist.all_gather_object(gathered, results)
         if rank == 0:
@@ -341,6 +345,13 @@ def test_two_processes_equal_one_process(two_process_results, layout, name):
     if name == "gcl_sigmoid":
         bias_grad = sum(two_process_results[(layout, name, rank)][3] for rank in rows)
         torch.testing.assert_close(bias_grad, bias.grad, atol=1e-10, rtol=1e-10)
+
+
+def test_mismatched_embedding_sizes_across_processes_raise_on_every_process(two_process_results):
+    for rank in range(2):
+        message = two_process_results[("mismatch", rank)]
+        assert message == ("Embedding sizes differ across processes (rank 0: [6, 6, 6], rank 1: [5, 5, 5]); every "
+                           "process must run the same model.")
 
 
 # ---- gcl-train --loss_tile_size: the same loss curve ----

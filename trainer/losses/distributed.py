@@ -44,10 +44,15 @@ def all_gather_columns_with_grad(columns: tuple[torch.Tensor, ...]) -> tuple[tup
     rank, world_size = distributed_world()
     if world_size == 1:
         return tuple(columns), 0
-    local = torch.tensor([columns[0].shape[0]], device=columns[0].device)
-    sizes = [torch.zeros_like(local) for _ in range(world_size)]
-    dist.all_gather(sizes, local)
-    sizes = [int(size) for size in sizes]
+    local = torch.tensor([columns[0].shape[0], *(column.shape[-1] for column in columns)], device=columns[0].device)
+    shapes = [torch.zeros_like(local) for _ in range(world_size)]
+    dist.all_gather(shapes, local)
+    shapes = [[int(x) for x in shape] for shape in shapes]
+    # Every process sees every shape, so all of them raise together rather than hang in the collective below.
+    if any(shape[1:] != shapes[0][1:] for shape in shapes):
+        dims = ", ".join(f"rank {r}: {shape[1:]}" for r, shape in enumerate(shapes))
+        raise ValueError(f"Embedding sizes differ across processes ({dims}); every process must run the same model.")
+    sizes = [shape[0] for shape in shapes]
     largest = max(sizes)
     gathered = []
     for column in columns:
