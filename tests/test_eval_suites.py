@@ -287,3 +287,48 @@ def test_covr_bad_rows(tmp_path):
     (root / "bad.csv").write_text("pth1,edit\na,b\n")
     with pytest.raises(EvaluationDataError, match=r"bad\.csv: missing column\(s\) \['pth2'\]"):
         CoVREvaluator(root / "bad.csv")
+
+
+def test_readers_name_wrong_types_damaged_files_and_empty_files(tmp_path, mbeir_copy):
+    """Fields of the wrong type are errors naming file and row (they used to be embedded as their Python repr, or
+    split into characters); a damaged parquet and an empty instructions file name the file."""
+    from trainer.evaluation.mbeir import load_instructions, load_queries
+    from trainer.evaluation.mmeb import MMEBSubset
+
+    queries = mbeir_copy / "query/test/mbeir_mscoco_task3_test.jsonl"
+    _edit(queries, '"pos_cand_list": [', '"pos_cand_list": "9:8", "old": [')
+    with pytest.raises(EvaluationDataError, match=r"task3_test\.jsonl:1 \(qid 9:q4\): pos_cand_list must be a list"):
+        load_queries(queries, mbeir_copy)
+    empty = tmp_path / "query_instructions.tsv"
+    empty.write_text("query_modality\tcand_modality\tdataset\tdataset_id\tprompt_1\n")
+    with pytest.raises(EvaluationDataError, match=r"query_instructions\.tsv: no instructions"):
+        load_instructions(empty)
+    (tmp_path / "a.jpg").write_bytes((MMEB / "eval_images/MSCOCO_t2i/0.jpg").read_bytes())
+    for field, value, message in [("qry_text", 7, "qry_text is a int"), ("tgt_text", [["x"]], "tgt_text is a list"),
+                                  ("instruction", {"a": 1}, "instruction is a dict")]:
+        row = {"qry_text": "a cat", "qry_img_path": "", "tgt_text": ["x"], "tgt_img_path": ["a.jpg"], field: value}
+        (tmp_path / "S.jsonl").write_text(__import__("json").dumps(row) + "\n")
+        with pytest.raises(EvaluationDataError, match=rf"S\.jsonl:1.*{message}"):
+            MMEBSubset("S", [tmp_path / "S.jsonl"], tmp_path, None, True)
+    broken = tmp_path / "test-00000-of-00001.parquet"
+    broken.write_bytes((MMEB / "MSCOCO_t2i/test-00000-of-00001.parquet").read_bytes()[:100])
+    with pytest.raises(EvaluationDataError, match=r"test-00000-of-00001\.parquet: not a readable parquet file"):
+        MMEBSubset("S", [broken], tmp_path, None, True)
+
+
+def test_covr_names_the_file_line_after_a_multi_line_field_and_checks_max_frames(tmp_path):
+    root = tmp_path / "covr"
+    shutil.copytree(COVR, root)
+    csv_path = root / "webvid8m-covr_test.csv"
+    lines = csv_path.read_text().splitlines()
+    header = lines[0].split(",")
+    quoted = {"txt1": '"two\nlines"'}
+    second = lines[1].split(",")
+    row = ",".join(quoted.get(column, value) for column, value in zip(header, second))
+    csv_path.write_text("\n".join([lines[0], row, lines[2].replace(lines[2].split(",")[header.index("pth2")],
+                                                                   "0009/9999999")]) + "\n")
+    # The bad row starts on line 4 of the file (the quoted field spans lines 2-3), not "line 3".
+    with pytest.raises(EvaluationDataError, match=r"webvid8m-covr_test\.csv:4: no frame folder"):
+        CoVREvaluator(csv_path)
+    with pytest.raises(ValueError, match="max_frames must be a positive integer"):
+        CoVREvaluator(COVR / "webvid8m-covr_test.csv", max_frames=0)

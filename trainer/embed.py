@@ -417,7 +417,12 @@ def embed_corpus(model, processor, corpus: CorpusRows, output_dir: str | os.Path
         sharding.raise_if_any_failed(failure)
     elif failure is not None:
         raise failure
-    elapsed = time.monotonic() - started
+    elapsed = time.monotonic() - started  # every process has finished its shards (the exchange above waits)
+    embedded_here = sum(ranges[i][1] - ranges[i][0] for i in todo)
+    if world_size > 1:  # rows embedded in this run by all processes together
+        count = torch.tensor([embedded_here], dtype=torch.long, device=sharding.collective_device())
+        torch.distributed.all_reduce(count)
+        embedded_here = int(count.item())
     final_failure = None
     if main_process:
         try:
@@ -430,7 +435,7 @@ def embed_corpus(model, processor, corpus: CorpusRows, output_dir: str | os.Path
     elif final_failure is not None:
         raise final_failure
     manifest["seconds"] = elapsed
-    manifest["rows_embedded_here"] = sum(ranges[i][1] - ranges[i][0] for i in todo)
+    manifest["rows_embedded_here"] = embedded_here
     return manifest
 
 
@@ -540,7 +545,10 @@ def run(argv: list[str] | None = None) -> dict:
     if sharding.is_main_process():
         print(f"gcl-embed: {manifest['num_embedded']} of {manifest['data']['num_rows']} rows embedded "
               f"({args.modality}, dim {manifest['dim']}) into {manifest['num_shards']} shard(s) in {args.output_dir}"
-              + (f"; index {INDEX_NAME}" if args.faiss_index else ""), flush=True)
+              + (f"; index {INDEX_NAME}" if args.faiss_index else "")
+              + f"; {manifest['rows_embedded_here']} rows embedded in this run in {manifest['seconds']:.2f} s "
+              f"({manifest['rows_embedded_here'] / max(manifest['seconds'], 1e-9):.1f} rows/s over "
+              f"{sharding.world()[1]} process(es))", flush=True)
         if manifest["num_skipped"]:
             print(f"gcl-embed: skipped {manifest['num_skipped']} bad row(s) (--skip_bad_samples), e.g.:", flush=True)
             for message in manifest["skipped_examples"][:5]:

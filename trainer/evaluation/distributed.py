@@ -45,6 +45,8 @@ def init_from_launcher(device: str | None = None, timeout_s: float = 1800) -> bo
     if not launched_distributed() or not dist.is_available() or dist.is_initialized():
         return False
     backend = "nccl" if (device or "").startswith("cuda") and dist.is_nccl_available() else "gloo"
+    if backend == "nccl":  # object collectives use the current device: each process its own GPU
+        torch.cuda.set_device(torch.device(device) if ":" in device else int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
     return True
 
@@ -58,7 +60,7 @@ def local_device(device: str | None) -> str:
     return "cpu"
 
 
-def _collective_device() -> torch.device:
+def collective_device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
@@ -67,7 +69,7 @@ def agree(flag: bool) -> bool:
     rank, size = world()
     if size == 1:
         return flag
-    value = torch.tensor([1 if flag else 0], dtype=torch.long, device=_collective_device())
+    value = torch.tensor([1 if flag else 0], dtype=torch.long, device=collective_device())
     dist.all_reduce(value, op=dist.ReduceOp.MIN)
     return bool(value.item())
 
@@ -119,7 +121,7 @@ def gather_batches(local: torch.Tensor | None, num_items: int, batch_size: int, 
     rank, size = world()
     if size == 1:
         return local
-    device = _collective_device()
+    device = collective_device()
     # Everyone learns the shape and dtype of the non-item dimensions (a process without batches has none of its own).
     infos = [None] * size
     dist.all_gather_object(infos, None if local is None else (list(local.shape), local.dtype))
