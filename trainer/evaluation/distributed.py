@@ -66,7 +66,7 @@ def collective_device() -> torch.device:
 
 def agree(flag: bool) -> bool:
     """True only if every process passes True (e.g. a cache hit on every rank), so all take the same branch."""
-    rank, size = world()
+    _, size = world()
     if size == 1:
         return flag
     value = torch.tensor([1 if flag else 0], dtype=torch.long, device=collective_device())
@@ -78,7 +78,7 @@ def raise_if_any_failed(error: BaseException | None) -> None:
     """Exchange every process's error (or None) so that all raise together instead of leaving the others waiting in
     the next collective: the failing process re-raises its own error, the others raise the same kind of error with
     its message."""
-    rank, size = world()
+    _, size = world()
     if size == 1:
         if error is not None:
             raise error
@@ -101,7 +101,7 @@ def raise_if_any_failed(error: BaseException | None) -> None:
 
 def my_batches(num_items: int, batch_size: int) -> list[int]:
     """The starts of the batches this process encodes (every `world_size`-th, from its rank)."""
-    rank, size = world()
+    _, size = world()
     return list(range(rank * batch_size, num_items, size * batch_size))
 
 
@@ -118,7 +118,7 @@ def gather_batches(local: torch.Tensor | None, num_items: int, batch_size: int, 
     Returns:
         `torch.Tensor` with `num_items` along `item_dim`, in item order (CPU).
     """
-    rank, size = world()
+    _, size = world()
     if size == 1:
         return local
     device = collective_device()
