@@ -12,6 +12,7 @@ distance and matched cosine of i/t/it, mean over seeds). The results are also wr
 import argparse
 import json
 import os
+import resource
 import statistics
 import sys
 from pathlib import Path
@@ -40,7 +41,16 @@ def main() -> None:
     parser.add_argument("--eval_holdout", type=int, default=64)
     parser.add_argument("--metrics", nargs="+", default=["hit@1", "hit@5"])
     parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--merge", nargs="+", default=None,
+                        help="Only print the tables of these summary.json files together (runs made per seed).")
     args = parser.parse_args()
+    if args.merge:
+        runs = {}
+        for path in args.merge:
+            for row, evaluations in json.loads(Path(path).read_text())["runs"].items():
+                runs.setdefault(row, []).extend(evaluations)
+        print_tables(runs, args.metrics)
+        return
     os.environ.pop("GCL_TRAIN_DEFAULT_MODEL", None)
     out = Path(args.output_dir)
     runs: dict[str, list[dict]] = {"pretrained (new projections)": []}
@@ -56,14 +66,25 @@ def main() -> None:
             if args.max_steps is not None:
                 argv += ["--max_steps", str(args.max_steps)]
             print(f"== {row}, seed {seed}: gcl-train {' '.join(argv)}", flush=True)
-            run(argv)
+            cpu_before = resource.getrusage(resource.RUSAGE_SELF)
+            result = run(argv)
+            cpu_after = resource.getrusage(resource.RUSAGE_SELF)
+            cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
+            print(f"== {row}, seed {seed}: {cpu:.0f} CPU-seconds for the whole gcl-train run, train_runtime "
+                  f"{result['train']['train_runtime']:.0f} s wall", flush=True)
             model, processor = load_model_and_processor(str(folder))
-            runs.setdefault(row, []).append(evaluate(model, processor, holdout))
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.json").write_text(json.dumps({"seeds": args.seeds, "max_steps": args.max_steps, "runs": runs},
-                                                 indent=2))
-    print(f"\nHeld-out pairs: {args.eval_holdout} per seed; seeds {args.seeds}; mean ± half-range over seeds.\n")
-    for metric in args.metrics:
+            runs.setdefault(row, []).append({**evaluate(model, processor, holdout), "cpu_seconds": cpu})
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "summary.json").write_text(json.dumps({"seeds": args.seeds, "max_steps": args.max_steps,
+                                                         "runs": runs}, indent=2))
+    print(f"\nHeld-out pairs: {args.eval_holdout} per seed; seeds {args.seeds}.")
+    print_tables(runs, args.metrics)
+
+
+def print_tables(runs: dict, metrics) -> None:
+    """Markdown tables: per metric, each cell's mean ± half-range over seeds; then the modality gap."""
+    print("mean ± half-range over seeds\n")
+    for metric in metrics:
         print(f"{metric} (%):\n")
         print("| model | " + " | ".join(c.replace("2", "→") for c in CELLS) + " | avg |")
         print("|---" * (len(CELLS) + 2) + "|")
