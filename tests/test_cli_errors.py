@@ -132,3 +132,13 @@ def test_gcl_eval_names_the_nearest_flag_too(capsys):
     error = capsys.readouterr().err
     assert "unrecognized arguments: --batch_sise 3 (did you mean --batch_size?)" in error
     assert len(error.strip().splitlines()) == 1
+
+
+def test_an_image_folder_without_metadata_is_one_line(tmp_path):
+    import PIL.Image
+
+    (tmp_path / "pictures").mkdir()
+    PIL.Image.new("RGB", (8, 8)).save(tmp_path / "pictures" / "a.png")
+    message = _main_error("--model_name_or_path", "tiny-clip", "--train_data", str(tmp_path / "pictures"),
+                          "--output_dir", str(tmp_path / "out"))
+    assert "pictures: no metadata.jsonl" in message
