@@ -70,7 +70,9 @@ def check_model_source(name: str, **load_kwargs) -> dict:
         if not os.path.isfile(os.path.join(expanded, "config.json")):
             raise ModelNotFoundError(f"{name}: not a model directory (it has no config.json)")
         return {}
-    if _looks_like_a_path(name) or os.path.exists(expanded):
+    if os.path.exists(expanded):
+        raise ModelNotFoundError(f"{name}: a file, not a model directory (pass the folder that holds config.json)")
+    if _looks_like_a_path(name):
         raise ModelNotFoundError(f"{name}: no such model directory")
     cached = try_to_load_from_cache(name, "config.json", cache_dir=load_kwargs.get("cache_dir"),
                                     revision=load_kwargs.get("revision"))
