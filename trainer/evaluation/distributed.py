@@ -101,7 +101,7 @@ def raise_if_any_failed(error: BaseException | None) -> None:
 
 def my_batches(num_items: int, batch_size: int) -> list[int]:
     """The starts of the batches this process encodes (every `world_size`-th, from its rank)."""
-    _, size = world()
+    rank, size = world()
     return list(range(rank * batch_size, num_items, size * batch_size))
 
 
