@@ -214,3 +214,16 @@ def test_two_process_embedding_equals_one_process(models, tmp_path):
     for name in one["shards"]:
         a, b = read_shard(tmp_path / "one" / name), read_shard(tmp_path / "two" / name)
         assert torch.equal(a[0], b[0]) and a[1:3] == b[1:3], name
+
+
+def test_gcl_embed_mistakes_are_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:  # a model directory that does not exist: the loader's one-line message
+        gcl_embed_main([str(tmp_path / "no-such-model"), "--output_dir", str(tmp_path / "out"), "--no_progress"])
+    assert isinstance(stop.value.code, str) and stop.value.code.startswith("gcl-embed: ")
+    assert "no-such-model" in stop.value.code and "\n" not in stop.value.code
+    with pytest.raises(SystemExit) as stop:
+        gcl_embed_main(["model", "--output_dir", str(tmp_path / "out"), "--shard_size", "0"])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip() == (
+        "gcl-embed: error: argument --shard_size: expected a positive integer, got 0 (see gcl-embed --help)")
+    assert not (tmp_path / "out").exists()
