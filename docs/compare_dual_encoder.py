@@ -40,6 +40,8 @@ def main() -> None:
     parser.add_argument("--max_steps", type=int, default=None, help="Default: gcl-train's default for this model.")
     parser.add_argument("--eval_holdout", type=int, default=64)
     parser.add_argument("--metrics", nargs="+", default=["hit@1", "hit@5"])
+    parser.add_argument("--losses", nargs="+", default=list(LOSSES.values()), choices=list(LOSSES.values()))
+    parser.add_argument("--no_pretrained", action="store_true", help="Skip the pretrained row (another process has it).")
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--merge", nargs="+", default=None,
                         help="Only print the tables of these summary.json files together (runs made per seed).")
@@ -53,13 +55,16 @@ def main() -> None:
         return
     os.environ.pop("GCL_TRAIN_DEFAULT_MODEL", None)
     out = Path(args.output_dir)
-    runs: dict[str, list[dict]] = {"pretrained (new projections)": []}
+    runs: dict[str, list[dict]] = {} if args.no_pretrained else {"pretrained (new projections)": []}
     dataset = load_image_caption_dataset()
     for seed in args.seeds:
         _, holdout = split_holdout(dataset, args.eval_holdout, seed)
-        model, processor = load_model_and_processor(DEFAULT_DUAL_ENCODER, seed=seed)
-        runs["pretrained (new projections)"].append(evaluate(model, processor, holdout))
+        if not args.no_pretrained:
+            model, processor = load_model_and_processor(DEFAULT_DUAL_ENCODER, seed=seed)
+            runs["pretrained (new projections)"].append(evaluate(model, processor, holdout))
         for row, loss in LOSSES.items():
+            if loss not in args.losses:
+                continue
             folder = out / f"{loss}_seed{seed}"
             argv = ["--loss", loss, "--seed", str(seed), "--output_dir", str(folder), "--eval_holdout",
                     str(args.eval_holdout), "--save_strategy", "no", "--disable_tqdm", "true", "--report_to", "none"]
@@ -97,7 +102,7 @@ def print_tables(runs: dict, metrics) -> None:
                 cells.append(f"{statistics.mean(values):.1f} ± {spread:.1f}")
             print(f"| {row} | " + " | ".join(cells) + " |")
         print()
-    pairs = list(runs["pretrained (new projections)"][0]["modality_gap"]["centroid_distance"])
+    pairs = list(next(iter(runs.values()))[0]["modality_gap"]["centroid_distance"])
     print("Modality gap (mean over seeds): centroid distance / matched cosine\n")
     print("| model | " + " | ".join(f"dist {p}" for p in pairs) + " | " + " | ".join(f"cos {p}" for p in pairs) + " |")
     print("|---" * (2 * len(pairs) + 1) + "|")
