@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from modeling_gcl.configuration_gcl import gcl_dict_from_clip_layout, is_clip_layout
 
@@ -214,8 +215,13 @@ def display_name(name: str) -> str:
 
 
 def is_hub_id(name: str | None) -> bool:
-    """Whether `name` looks like a Hub repository id rather than a local path (cards may only link Hub ids)."""
+    """Whether `name` looks like a Hub repository id rather than a local path or a bundled model's name (cards may
+    only link Hub ids)."""
     if not name or os.path.exists(name) or name.startswith((".", "/", "~")) or "\\" in name:
+        return False
+    try:
+        validate_repo_id(name)  # e.g. "efficientnet-lite0+all-MiniLM-L6-v2" (gcl-train's bundled towers) is not one
+    except HFValidationError:
         return False
     return name.count("/") <= 1 and " " not in name
 

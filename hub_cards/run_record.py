@@ -21,6 +21,8 @@ from typing import Any
 from trainer.atomic import atomic_write_json
 
 TRAINING_RECORD_FILE = "gcl_training.json"
+# `gcl-train --model_name_or_path tiny-clip` (trainer.backbones.TINY_CLIP): the bundled tiny CLIP, randomly initialised.
+BUNDLED_RANDOM_INIT_MODEL = "tiny-clip"
 HOLDOUT_FILE = "retrieval_holdout.json"
 ADAPTER_SUBDIR = "adapter"
 # A heatmap of the modality matrix, if the run (or the user) saved one under one of these names.
@@ -101,14 +103,16 @@ def write_training_record(
     Args:
         output_dir: the run's output directory.
         training_args: the run's `GCLTrainingArguments` (any `TrainingArguments`).
-        base_model (`str`, *optional*): the `--model_name_or_path` trained from; `None` means `gcl-train`'s default,
-            the bundled tiny CLIP **randomly initialised**.
+        base_model (`str`, *optional*): the `--model_name_or_path` trained from; `None` (or `tiny-clip`) means the
+            bundled tiny CLIP **randomly initialised**.
         dataset (`str`, *optional*): the `--train_data`; `None` means the bundled openclipart sample.
         train_pairs, holdout_pairs (`int`, *optional*): how many pairs were trained on and held out.
 
     Returns the record.
     """
     world_size = max(1, int(getattr(training_args, "world_size", 1) or 1))
+    if base_model == BUNDLED_RANDOM_INIT_MODEL:  # gcl-train's name for the bundled tiny CLIP: no pretrained weights
+        base_model = None
     record = {
         "base_model": base_model,
         "from_scratch": base_model is None,

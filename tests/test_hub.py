@@ -489,7 +489,7 @@ def test_network_failure_is_a_clear_error_and_loses_nothing(run_dir, monkeypatch
     assert snapshot(run_dir) == before
 
 
-FAST_TRAIN = ["--max_steps", "2", "--per_device_train_batch_size", "8", "--eval_holdout", "8", "--max_train_samples",
+FAST_TRAIN = ["--model_name_or_path", "tiny-clip", "--max_steps", "2", "--per_device_train_batch_size", "8", "--eval_holdout", "8", "--max_train_samples",
               "32", "--save_strategy", "no", "--disable_tqdm", "true", "--report_to", "none"]
 
 

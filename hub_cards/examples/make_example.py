@@ -1,7 +1,7 @@
 # Copyright 2026 The GCL-HF authors. Apache-2.0.
 """Render `hub_cards/examples/README.md`: the model card `gcl-push` publishes for the bundled run, with its images.
 
-    gcl-train --output_dir /tmp/hub_run --max_steps 40    # bundled tiny CLIP, random init (the committed card)
+    gcl-train --model_name_or_path tiny-clip --output_dir /tmp/hub_run --max_steps 40   # random init (the committed card)
     gcl-eval --model /tmp/hub_run --suite matrix --holdout 64 --output_dir /tmp/hub_run/eval/matrix   # optional
     python -m hub_cards.examples.make_example /tmp/hub_run
 
