@@ -227,19 +227,35 @@ def _gcl_eval_subprocess(arguments: list[str], cwd: Path) -> subprocess.Complete
 
 
 @pytest.mark.parametrize("arguments, expected", [
-    (["--batch_size", "0"], "argument --batch_size: expected a positive integer, got 0"),
-    (["--max_samples", "-2"], "argument --max_samples: expected a positive integer, got -2"),
-    (["--heatmap_metric", "map@5"], "Unknown metric 'map@5'"),
     (["--model", "./no-such-model"], "no-such-model"),
     (["--model", "openai/clip-vit-base-patch32"], "clip-vit-base-patch32"),  # a Hub id while offline
     (["--suite", "mbeir", "--data", "not-an-mbeir-root"], "not-an-mbeir-root: no query/test/ folder"),
-    (["--data", "no-such-pairs.jsonl"], "no-such-pairs.jsonl: no such file or directory"),
-], ids=["batch_size", "max_samples", "heatmap_metric", "missing_model_dir", "offline_hub_id", "mbeir_root",
-        "matrix_data"])
+], ids=["missing_model_dir", "offline_hub_id", "mbeir_root"])
 def test_gcl_eval_mistakes_are_one_line_errors(tmp_path, arguments, expected):
+    """As a user sees it: a subprocess, stderr one line, no traceback, exit status 1, nothing written."""
     result = _gcl_eval_subprocess([*arguments, "--output_dir", str(tmp_path / "out"), "--no_progress"], tmp_path)
-    assert result.returncode != 0
+    assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if line.strip()]
     assert "Traceback" not in result.stderr and len(errors) == 1, result.stderr[-2000:]
     assert errors[0].startswith("gcl-eval: ") and expected in errors[0], errors
+    assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("arguments, expected, status", [
+    (["--batch_size", "0"], "gcl-eval: error: argument --batch_size: expected a positive integer, got 0", 2),
+    (["--max_samples", "-2"], "gcl-eval: error: argument --max_samples: expected a positive integer, got -2", 2),
+    (["--max_frames", "0"], "gcl-eval: error: argument --max_frames: expected a positive integer, got 0", 2),
+    (["--heatmap_metric", "map@5"], "gcl-eval: error: argument --heatmap_metric: Unknown metric 'map@5'", 2),
+    (["--data", "no-such-pairs.jsonl"], "gcl-eval: no-such-pairs.jsonl: no such file or directory", 1),
+], ids=["batch_size", "max_samples", "max_frames", "heatmap_metric", "matrix_data"])
+def test_gcl_eval_bad_flags_and_data_are_one_line(tmp_path, monkeypatch, capsys, arguments, expected, status):
+    """The same entry point in-process (quicker): the exit status and the one stderr line after any progress bars."""
+    from trainer.eval_cli import main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        main([*arguments, "--output_dir", str(tmp_path / "out"), "--no_progress"])
+    assert stop.value.code == status
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith(expected), error
     assert not (tmp_path / "out" / "metrics.json").exists()
