@@ -142,3 +142,15 @@ def test_an_image_folder_without_metadata_is_one_line(tmp_path):
     message = _main_error("--model_name_or_path", "tiny-clip", "--train_data", str(tmp_path / "pictures"),
                           "--output_dir", str(tmp_path / "out"))
     assert "pictures: no metadata.jsonl" in message
+
+
+def test_gcl_eval_reports_the_trainer_clash_too(tmp_path, monkeypatch, capsys):
+    from trainer.eval_cli import main
+
+    _fake_trainer_distribution(tmp_path / "site")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    with pytest.raises(SystemExit) as stopped:
+        main(["--output_dir", str(tmp_path / "eval")])
+    assert stopped.value.code == 1
+    assert "gcl-eval: another installed distribution also provides the top-level package `trainer`: trainer 0.0.36" \
+        in capsys.readouterr().err

@@ -16,6 +16,7 @@ import logging
 import sys
 from pathlib import Path
 
+from . import TrainerNameClashError, check_trainer_name_clash
 from .backbones import load_model_and_processor
 from .cli_help import OneDefaultHelpFormatter, SuggestingArgumentParser
 from .data import BadSampleError, DataError, load_image_caption_dataset, split_holdout
@@ -313,9 +314,10 @@ def main(argv: list[str] | None = None) -> None:
     """Console entry point of `gcl-eval`: data and argument mistakes end in a one-line `gcl-eval: ...` message and exit
     status 1, without a traceback (only rank 0 of a multi-process run prints it)."""
     try:
+        check_trainer_name_clash()  # another distribution's `trainer` package would have overwritten files of this one
         run(sys.argv[1:] if argv is None else argv)
         sharding.destroy()
-    except USER_ERRORS as error:
+    except (*USER_ERRORS, TrainerNameClashError) as error:
         if sharding.launcher_rank() == 0:
             print(f"gcl-eval: {_one_line(error)}", file=sys.stderr, flush=True)
         raise SystemExit(1) from None
