@@ -555,7 +555,7 @@ class GCLModel(GCLPreTrainedModel):
             else:  # re-saving into a folder that held an attention fusion's weights must not keep them
                 (directory / GCL_WEIGHTS_NAME).unlink(missing_ok=True)
             self._write_clip_layout_config(directory)
-            # The sentence-transformers entry files, as `GCLPreTrainedModel.save_pretrained` writes them for the GCL layout.
+            # The sentence-transformers entry files, as `GCLPreTrainedModel.save_pretrained` writes them.
             from .sentence_transformers_files import write_sentence_transformers_files
 
             write_sentence_transformers_files(save_directory)
