@@ -227,3 +227,25 @@ def test_gcl_embed_mistakes_are_one_line(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == (
         "gcl-embed: error: argument --shard_size: expected a positive integer, got 0 (see gcl-embed --help)")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_second_gcl_embed_into_a_folder_in_use_is_refused(models, tmp_path):
+    """Another live process holds the folder's lock (as a running gcl-embed does): refused at once, one line."""
+    out = tmp_path / "corpus"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import importlib.util, sys, time\n"
+         f"spec = importlib.util.spec_from_file_location('atomic', {str(REPO_ROOT / 'trainer' / 'atomic.py')!r})\n"
+         "atomic = importlib.util.module_from_spec(spec); spec.loader.exec_module(atomic)\n"
+         f"with atomic.output_dir_lock({str(out)!r}):\n    print('held', flush=True); time.sleep(60)\n"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(SystemExit) as stop:
+            gcl_embed_main([models[0], "--output_dir", str(out), "--max_samples", "8", "--no_progress"])
+        assert stop.value.code == 1
+        assert not list(out.glob("shard-*"))
+    finally:
+        holder.kill()
+        holder.wait()
+    manifest = gcl_embed([models[0], "--output_dir", str(out), "--max_samples", "8", "--no_progress"])
+    assert manifest["complete"]  # the lock died with its process

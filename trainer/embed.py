@@ -15,6 +15,7 @@ processes (shard `i` to rank `i % world_size`).
 """
 
 import argparse
+import contextlib
 import hashlib
 import json
 import logging
@@ -27,7 +28,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .atomic import atomic_write, atomic_write_json
+from .atomic import OutputDirInUseError, atomic_write, atomic_write_json, output_dir_lock
 from .backbones import load_model_and_processor
 from .data import BadSampleError, DataError, check_caption, load_image_caption_dataset, load_rgb_image
 from .data.jsonl import read_jsonl_objects
@@ -362,15 +363,29 @@ def embed_corpus(model, processor, corpus: CorpusRows, output_dir: str | os.Path
         "skip_bad_samples": skip_bad_samples,
     }
     failure = None
-    if main_process:
-        try:
-            prepare_output_dir(output_dir, manifest, overwrite)
-        except Exception as error:
-            failure = error
-    if world_size > 1:
-        sharding.raise_if_any_failed(failure)  # every process stops on a refused folder, or none does
-    elif failure is not None:
-        raise failure
+    with contextlib.ExitStack() as lock:
+        if main_process:
+            try:
+                # A second gcl-embed into the same folder stops at once (the lock dies with its process).
+                lock.enter_context(output_dir_lock(output_dir))
+                prepare_output_dir(output_dir, manifest, overwrite)
+            except Exception as error:
+                failure = error
+        if world_size > 1:
+            sharding.raise_if_any_failed(failure)  # every process stops on a refused folder, or none does
+        elif failure is not None:
+            raise failure
+        return _embed_shards(model, embedder, corpus, output_dir, manifest, ranges, modality, image_column,
+                             caption_column, batch_size, storage, skip_bad_samples, faiss_index, show_progress)
+
+
+def _embed_shards(model, embedder, corpus: CorpusRows, output_dir: Path, manifest: dict, ranges: list, modality: str,
+                  image_column: str, caption_column: str, batch_size: int, storage: str, skip_bad_samples: bool,
+                  faiss_index: str | None, show_progress: bool) -> dict:
+    """The shards this process owns that are not complete yet, then (rank 0) the final manifest and index."""
+    rank, world_size = sharding.world()
+    main_process = rank == 0
+    failure = None
     shards = [output_dir / name for name in manifest["shards"]]
     todo = [index for index in range(len(ranges)) if index % world_size == rank
             and not _shard_is_complete(shards[index], manifest["job"])]
@@ -561,7 +576,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         run(sys.argv[1:] if argv is None else argv)
         sharding.destroy()
-    except (EmbedError, DataError, BadSampleError) as error:
+    except (EmbedError, DataError, BadSampleError, OutputDirInUseError) as error:
         if sharding.launcher_rank() == 0:
             print(f"gcl-embed: {_one_line(error)}", file=sys.stderr, flush=True)
         raise SystemExit(1) from None
