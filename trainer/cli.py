@@ -52,8 +52,8 @@ RECIPE_METADATA_KEY = "recipe"
 # projections start from random, hence a learning rate above usual fine-tuning.
 PRETRAINED_TOWERS_DEFAULTS = {
     "learning_rate": 2e-4,
-    "max_steps": 40,
-    "warmup_steps": 4,
+    "max_steps": 30,
+    "warmup_steps": 3,
     "weight_decay": 0.1,
     "per_device_train_batch_size": 64,
     "freeze_towers": ["vision"],
