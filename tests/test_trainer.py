@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from modeling_gcl import ALL_LOSS_PAIRS, GCLModel
 from trainer import GCLCollator, GCLTrainer, GCLTrainingArguments
@@ -138,3 +138,30 @@ def test_small_clip_learns_on_openclipart_in_20_steps(tmp_path, processor, loss)
     assert len(losses) == 20
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < first - 0.3, (first, last)
+
+
+def test_resume_restores_attention_fusion_and_sigmoid_bias(tmp_path, processor, sample_dataset):
+    """A CLIP-layout checkpoint keeps the fusion's and the bias's tensors in `gcl_weights.safetensors`, which
+    `Trainer` does not read: a resumed run must continue with them, exactly as the uninterrupted run did."""
+    data = sample_dataset.select(range(32))
+
+    class StopAfterTwoSteps(TrainerCallback):  # as a crash after checkpoint-2 would
+        def on_step_end(self, args, state, control, **kwargs):
+            control.should_training_stop = state.global_step == 2
+
+    def run(output_dir, resume=None, callbacks=None):
+        model = GCLModel.from_backbone(make_small_clip(), fusion="attention")
+        args = training_args(tmp_path, output_dir=str(output_dir), max_steps=4, save_strategy="steps", save_steps=2,
+                             loss="gcl_sigmoid", learning_rate=5e-2)
+        trainer = GCLTrainer(model=model, args=args, train_dataset=data, processing_class=processor,
+                             callbacks=callbacks)
+        trainer.train(resume_from_checkpoint=resume)
+        return trainer.model
+
+    uninterrupted = run(tmp_path / "full")
+    run(tmp_path / "part", callbacks=[StopAfterTwoSteps()])
+    assert (tmp_path / "part" / "checkpoint-2" / "gcl_weights.safetensors").is_file()
+    resumed = run(tmp_path / "part", resume=str(tmp_path / "part" / "checkpoint-2"))
+    assert resumed.fusion.score_weight.abs().sum() > 0  # trained, not the zero initialisation
+    for name in ("fusion.score_weight", "fusion.score_bias", "logit_bias"):
+        torch.testing.assert_close(resumed.state_dict()[name], uninterrupted.state_dict()[name], atol=1e-6, rtol=0)

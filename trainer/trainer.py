@@ -383,11 +383,22 @@ class GCLTrainer(Trainer):
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         super()._load_from_checkpoint(resume_from_checkpoint, model)
-        # Trainer restores a peft model's adapter only; the bare trainables saved beside it (logit scale, sigmoid
-        # bias) must come back too, or a resumed run restarts them from their initial values.
-        extras_path = os.path.join(resume_from_checkpoint, EXTRA_TRAINABLES_FILE)
-        if hasattr(self.model, "peft_config") and os.path.exists(extras_path):
-            load_extra_trainables(self.model, load_file(extras_path), extras_path)
+        self._load_gcl_extras(resume_from_checkpoint)
+
+    def _load_best_model(self) -> None:
+        super()._load_best_model()
+        self._load_gcl_extras(self.state.best_model_checkpoint)
+
+    def _load_gcl_extras(self, checkpoint_dir: str) -> None:
+        """Restore what `Trainer` does not read from a checkpoint, or a resumed run restarts it from its initial value:
+        a peft model's bare trainables saved beside the adapter (logit scale, sigmoid bias), or a CLIP-layout
+        checkpoint's `gcl_weights.safetensors` (attention fusion, sigmoid bias), which `model.safetensors` lacks."""
+        if hasattr(self.model, "peft_config"):
+            extras_path = os.path.join(checkpoint_dir, EXTRA_TRAINABLES_FILE)
+            if os.path.exists(extras_path):
+                load_extra_trainables(self.model, load_file(extras_path), extras_path)
+        elif hasattr(self.model, "load_gcl_weights"):
+            self.model.load_gcl_weights(checkpoint_dir)
 
     def _save_checkpoint(self, model, trial):
         """Write `checkpoint-N` under a hidden staging folder, then rename it into place, so a save that a crash
