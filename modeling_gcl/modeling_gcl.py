@@ -26,6 +26,7 @@ from transformers import AutoModel, CLIPModel, PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.dynamic_module_utils import custom_object_save
 from transformers.utils import ModelOutput, cached_file
+from transformers.utils import logging as hf_logging
 
 from .configuration_gcl import (
     GCL_SECTION_KEY,
@@ -39,6 +40,25 @@ from .configuration_vista import GCLEvaVisionConfig, GCLVistaConfig
 from .modeling_eva import GCLEvaEmbeddings, GCLEvaRotaryEmbedding, eva_rope_tables
 from .modeling_dual_encoder import GCLDualEncoder
 from .modeling_vista import GCLVistaEncoder
+
+
+def _load_text_encoder_without_pooler(name_or_path: str, **load_kwargs) -> PreTrainedModel:
+    """`AutoModel.from_pretrained(..., add_pooling_layer=False)` without transformers' load report about the pooler
+    weights it leaves out on purpose; any other missing or unexpected weight is still reported, as one warning."""
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model, info = AutoModel.from_pretrained(name_or_path, add_pooling_layer=False, output_loading_info=True,
+                                                **load_kwargs)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    surprises = {kind: [key for key in info.get(kind, ()) if not key.startswith("pooler.")]
+                 for kind in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    if any(surprises.values()):
+        hf_logging.get_logger(__name__).warning(
+            "%s: loading the text encoder left %s", name_or_path,
+            "; ".join(f"{kind.replace('_', ' ')} {keys}" for kind, keys in surprises.items() if keys))
+    return model
 
 
 def l2_normalize(embeds: torch.Tensor) -> torch.Tensor:
@@ -354,7 +374,7 @@ class GCLModel(GCLPreTrainedModel):
                 tokenizer = AutoTokenizer.from_pretrained(text_model, **tokenizer_kwargs)
                 cls_token_id = tokenizer.cls_token_id if cls_token_id is None else cls_token_id
                 sep_token_id = tokenizer.sep_token_id if sep_token_id is None else sep_token_id
-            text_model = AutoModel.from_pretrained(text_model, add_pooling_layer=False, **load_kwargs)
+            text_model = _load_text_encoder_without_pooler(text_model, **load_kwargs)
         if not isinstance(text_model, PreTrainedModel):
             raise TypeError(f"from_vista_backbone expects a text encoder or its path/Hub id, got {type(text_model).__name__}")
         if getattr(text_model, "pooler", None) is not None:
