@@ -19,7 +19,7 @@ The embeddings are the L2-normalised text / image / fused embeddings of `GCLMode
 `get_image_features`, `get_fused_features`). One `encode` call takes one kind of item, as for any multimodal
 sentence-transformers model that is not chat-based.
 
-Only this file imports sentence-transformers (the optional `st` extra: `pip install gcl-hf[st]`); the library never
+Only this file imports sentence-transformers (the optional `st` extra: `pip install 'sentence-transformers>=5.4'`); the library never
 imports it.
 """
 

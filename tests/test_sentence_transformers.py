@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-pytest.importorskip("sentence_transformers", reason="needs sentence-transformers (the `st` extra: pip install gcl-hf[st])")
+pytest.importorskip("sentence_transformers", reason="needs sentence-transformers (the `st` extra: pip install 'sentence-transformers>=5.4')")
 from sentence_transformers import SentenceTransformer
 
 from modeling_gcl import GCLModel, GCLProcessor

@@ -341,7 +341,7 @@ def embed_corpus(model, processor, corpus: CorpusRows, output_dir: str | os.Path
         from .evaluation.search import faiss_available
 
         if not faiss_available():
-            raise EmbedError("--faiss_index needs faiss: pip install 'gcl-hf[faiss]' (or faiss-cpu).")
+            raise EmbedError("--faiss_index needs faiss: pip install faiss-cpu (the `faiss` extra).")
     output_dir = Path(output_dir)
     embedder = GCLEmbedder(model, processor)
     rank, world_size = sharding.world()

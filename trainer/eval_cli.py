@@ -249,7 +249,7 @@ def run_covr(args, model, processor, output_dir: Path) -> tuple[dict, str]:
 
 def _image_lines(paths) -> list[str]:
     shown = [f"![{path.stem}]({path.name})" for path in paths if path is not None]
-    return shown or ["(no plots: matplotlib is not installed; `pip install 'gcl-hf[plots]'`)"]
+    return shown or ["(no plots: matplotlib is not installed; `pip install matplotlib`)"]
 
 
 RUNNERS = {"matrix": run_matrix, "mbeir": run_mbeir, "mmeb": run_mmeb, "covr": run_covr}

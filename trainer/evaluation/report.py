@@ -16,7 +16,7 @@ logger = logging.getLogger(__name__)
 
 MODALITY_LABELS = {"i": "image", "t": "text", "it": "image+text"}
 ARROW = "→"
-PLOTS_MISSING = "matplotlib is not installed (pip install 'gcl-hf[plots]'): skipping the PNG plots."
+PLOTS_MISSING = "matplotlib is not installed (pip install matplotlib: the `plots` extra): skipping the PNG plots."
 
 
 def write_json(path: str | os.PathLike, data) -> Path:

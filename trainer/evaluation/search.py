@@ -250,7 +250,7 @@ def faiss_available() -> bool:
 
 class FaissIndex:
     r"""
-    Inner-product search with FAISS (`pip install gcl-hf[faiss]`).
+    Inner-product search with FAISS (`pip install faiss-cpu`: the `faiss` extra).
 
     Args:
         candidates (`torch.Tensor` of shape `(num_candidates, dim)`): L2-normalised embeddings.
@@ -263,7 +263,7 @@ class FaissIndex:
         try:
             import faiss
         except ImportError as error:
-            raise ImportError("FaissIndex needs faiss: pip install 'gcl-hf[faiss]' (or faiss-cpu).") from error
+            raise ImportError("FaissIndex needs faiss: pip install faiss-cpu (the `faiss` extra).") from error
         if candidates.shape[0] == 0:
             raise ValueError("FaissIndex: the candidate pool is empty.")
         vectors = candidates.detach().to(torch.float32).contiguous().numpy()
