@@ -152,3 +152,25 @@ def test_hub_dataset_name_goes_to_load_dataset_and_images_stay_undecoded(monkeyp
                                          dataset_config_name="small")
     assert calls == [("org/pairs", "small", "validation", False)]
     assert isinstance(dataset[0]["img"], dict) and dataset[0]["img"]["bytes"]
+
+
+def test_collator_batch_equals_the_processors_combined_call(processor, sample_dataset):
+    """The collator calls the image processor and the tokenizer directly (faster); the tensors must be exactly those of
+    `processor(images=..., text=...)`, and a processor without the two halves still goes through its own call."""
+    rows = [sample_dataset[i] for i in range(5)]
+    images = [PIL.Image.open(row["image"]["path"]).convert("RGB") for row in rows]
+    expected = processor(images=images, text=[row["caption"] for row in rows], padding=True, truncation=True,
+                         max_length=processor.max_text_length, return_tensors="pt")
+    batch = GCLCollator(processor)(rows)
+    assert torch.equal(batch["pixel_values"], expected["pixel_values"])
+    assert torch.equal(batch["input_ids"], expected["input_ids"])
+    assert torch.equal(batch["attention_mask"], expected["attention_mask"].long())
+
+    class CombinedOnly:  # e.g. a custom processor that is one callable
+        max_text_length = processor.max_text_length
+
+        def __call__(self, **kwargs):
+            return processor(**kwargs)
+
+    combined = GCLCollator(CombinedOnly())(rows)
+    assert all(torch.equal(combined[key], batch[key]) for key in batch)
