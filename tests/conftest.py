@@ -1,4 +1,5 @@
 import os
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,22 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 # gcl-train without --model_name_or_path trains the pretrained EfficientNet-Lite0 + MiniLM dual encoder (minutes); the
 # suite's runs without one train the bundled tiny CLIP (seconds). tests/test_dual_encoder.py runs the real default.
 os.environ.setdefault("GCL_TRAIN_DEFAULT_MODEL", "tiny-clip")
+
+# The start of a script that must run where this library cannot be imported: run it with `python -I -S` (no
+# PYTHONPATH, no user site, no .pth files, so not the editable install) and format it with `site_packages`.
+LIBRARY_FREE_PREAMBLE = textwrap.dedent(
+    """
+    import sys
+    sys.path.append({site_packages!r})  # the venv's packages, without the .pth files that put this library on the path
+    for name in ("modeling_gcl", "hub_cards", "trainer"):
+        try:
+            __import__(name)
+        except ImportError:
+            pass
+        else:
+            raise SystemExit(f"{{name}} is importable: the environment is not isolated from the library")
+    """
+)
 
 requires_openclipart = pytest.mark.skipif(
     not (OPENCLIPART_DIR / "metadata.jsonl").exists(),

@@ -30,7 +30,7 @@ from trainer.data import load_image_caption_dataset
 from trainer.lora import apply_lora, freeze_towers, merge_lora
 from trainer.losses import CachedLoss, CLIPLoss, GCLLoss
 
-from .conftest import REPO_ROOT
+from .conftest import LIBRARY_FREE_PREAMBLE, REPO_ROOT
 from .test_distributed import LOOPBACK_ENV, loss_and_grads
 
 try:
@@ -160,17 +160,8 @@ def test_save_load_round_trip_gives_identical_embeddings(towers, pairs, tmp_path
             torch.testing.assert_close(getattr(got, key), getattr(expected, key), atol=1e-6, rtol=0)
 
 
-ISOLATED_SCRIPT = textwrap.dedent(
+ISOLATED_SCRIPT = LIBRARY_FREE_PREAMBLE + textwrap.dedent(
     """
-    import sys
-    sys.path.append({site_packages!r})
-    for name in ("modeling_gcl", "trainer"):
-        try:
-            __import__(name)
-        except ImportError:
-            pass
-        else:
-            raise SystemExit(f"{{name}} is importable: the environment is not isolated from the library")
     import torch
     from safetensors.torch import load_file, save_file
     from transformers import AutoModel

@@ -40,7 +40,7 @@ from modeling_gcl.sentence_transformers_files import SENTENCE_TRANSFORMERS_FILES
 from trainer import GCLTrainingArguments, apply_lora, load_lora_model, merge_lora, save_lora_adapter
 from trainer.cli import run as gcl_train
 
-from .conftest import make_small_clip, tiny_vista_gcl
+from .conftest import LIBRARY_FREE_PREAMBLE, make_small_clip, tiny_vista_gcl
 
 REPO_ID = "test-org/gcl-small"
 TEXTS = ["a red bicycle", "a cat on a sofa", "two apples"]
@@ -149,17 +149,9 @@ def test_export_holds_exactly_the_repository_files_and_leaves_the_run_untouched(
         prepare_export_dir(run_dir, export.path, REPO_ID)
 
 
-ISOLATED_SCRIPT = textwrap.dedent(
+ISOLATED_SCRIPT = LIBRARY_FREE_PREAMBLE + textwrap.dedent(
     """
-    import json, sys
-    sys.path.append({site_packages!r})  # the venv's packages, without the .pth files that put this library on the path
-    for name in ("modeling_gcl", "hub_cards", "trainer"):
-        try:
-            __import__(name)
-        except ImportError:
-            pass
-        else:
-            raise SystemExit(f"{{name}} is importable: the environment is not isolated from the library")
+    import json
     import numpy as np
     import torch
     from PIL import Image

@@ -30,7 +30,7 @@ from trainer.cli import run as gcl_train
 from trainer.data import BUNDLED_SAMPLE_DIR, BUNDLED_TINY_CLIP_DIR
 from trainer.eval_cli import run as gcl_eval
 
-from .conftest import make_small_clip
+from .conftest import LIBRARY_FREE_PREAMBLE, make_small_clip
 
 REPO_ID = "test-org/gcl-native-clip"
 TEXTS = ["a red bicycle", "a cat on a sofa", "two apples"]
@@ -88,17 +88,9 @@ def exported(trained_run, tmp_path_factory) -> Path:
     return target
 
 
-ISOLATED_SCRIPT = textwrap.dedent(
+ISOLATED_SCRIPT = LIBRARY_FREE_PREAMBLE + textwrap.dedent(
     """
-    import json, logging, sys, warnings
-    sys.path.append({site_packages!r})  # the venv's packages, without the .pth files that put this library on the path
-    for name in ("modeling_gcl", "hub_cards", "trainer"):
-        try:
-            __import__(name)
-        except ImportError:
-            pass
-        else:
-            raise SystemExit(f"{{name}} is importable: the environment is not isolated from the library")
+    import json, logging, warnings
     import numpy as np
     import torch
     from PIL import Image

@@ -24,7 +24,7 @@ from sentence_transformers import SentenceTransformer
 from modeling_gcl import GCLModel, GCLProcessor
 from modeling_gcl.sentence_transformers_files import SENTENCE_TRANSFORMERS_FILES
 
-from .conftest import make_small_clip, tiny_vista_gcl
+from .conftest import LIBRARY_FREE_PREAMBLE, make_small_clip, tiny_vista_gcl
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TEXTS = ["a red bicycle", "a cat on a sofa", "two green apples on a wooden kitchen table next to a window"]
@@ -283,17 +283,8 @@ def test_saving_writes_the_files_without_importing_sentence_transformers(clip_fo
         assert (tmp_path / "saved" / name).read_bytes() == (folder / name).read_bytes(), name
 
 
-ISOLATED_SCRIPT = textwrap.dedent(
+ISOLATED_SCRIPT = LIBRARY_FREE_PREAMBLE + textwrap.dedent(
     """
-    import sys
-    sys.path.append({site_packages!r})  # the venv's packages, without the .pth files that put this library on the path
-    for name in ("modeling_gcl", "hub_cards", "trainer"):
-        try:
-            __import__(name)
-        except ImportError:
-            pass
-        else:
-            raise SystemExit(f"{{name}} is importable: the environment is not isolated from the library")
     import json
     import os
 
