@@ -29,6 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .atomic import OutputDirInUseError, atomic_write, atomic_write_json, output_dir_lock
+from .cli_help import positive_int
 from .backbones import load_model_and_processor
 from .data import BadSampleError, DataError, check_caption, load_image_caption_dataset, load_rgb_image
 from .data.jsonl import read_jsonl_objects
@@ -488,16 +489,6 @@ def _write_faiss_index(path: Path, embeddings: torch.Tensor, factory: str) -> No
     atomic_write(path, lambda temporary: faiss.write_index(index, temporary))
 
 
-def _positive_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {number}")
-    return number
-
-
 class _OneLineErrorParser(argparse.ArgumentParser):
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -519,10 +510,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dataset_config_name", default=None)
     parser.add_argument("--data_format", default="auto", choices=["auto", "pairs", "lcs558k"])
     parser.add_argument("--image_root", default=None)
-    parser.add_argument("--max_samples", type=_positive_int, default=None)
+    parser.add_argument("--max_samples", type=positive_int, default=None)
     parser.add_argument("--fusion", default=None, help="Fusion for a CLIP checkpoint (default sum = CLIP-SF).")
-    parser.add_argument("--batch_size", type=_positive_int, default=64)
-    parser.add_argument("--shard_size", type=_positive_int, default=10000, help="Rows per shard.")
+    parser.add_argument("--batch_size", type=positive_int, default=64)
+    parser.add_argument("--shard_size", type=positive_int, default=10000, help="Rows per shard.")
     parser.add_argument("--storage", choices=list(STORAGES), default="safetensors")
     parser.add_argument("--faiss_index", default=None, help="Also build a FAISS index (index_factory string, e.g. "
                                                             "Flat, HNSW32, IVF1024,Flat).")

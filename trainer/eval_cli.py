@@ -18,7 +18,7 @@ from pathlib import Path
 
 from . import TrainerNameClashError, check_trainer_name_clash
 from .backbones import load_model_and_processor
-from .cli_help import OneDefaultHelpFormatter, SuggestingArgumentParser
+from .cli_help import OneDefaultHelpFormatter, SuggestingArgumentParser, non_negative_int, positive_int
 from .data import BadSampleError, DataError, load_image_caption_dataset, split_holdout
 from .evaluation import distributed as sharding
 from .evaluation.covr import DEFAULT_COVR_METRICS, CoVREvaluator
@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "sample); mbeir: the M-BEIR root; mmeb: folder of subsets; covr: the annotation CSV.")
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--fusion", default=None, help="Fusion for a CLIP checkpoint (default sum = CLIP-SF).")
-    parser.add_argument("--batch_size", type=_positive_int, default=64)
+    parser.add_argument("--batch_size", type=positive_int, default=64)
     parser.add_argument("--device", default=None, help="Default: cuda if available, else cpu.")
     parser.add_argument("--cache_dir", default=None, help="Cache embeddings here (keyed by model and data).")
     parser.add_argument("--seed", type=int, default=42,
@@ -73,10 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     matrix = parser.add_argument_group("matrix")
     matrix.add_argument("--image_column", default="image")
     matrix.add_argument("--caption_column", default="caption")
-    matrix.add_argument("--holdout", type=_non_negative_int, default=0,
+    matrix.add_argument("--holdout", type=non_negative_int, default=0,
                         help="Evaluate only the N pairs gcl-train holds out with the same --seed and --eval_holdout N "
                              "(0: every pair).")
-    matrix.add_argument("--max_samples", type=_positive_int, default=None)
+    matrix.add_argument("--max_samples", type=positive_int, default=None)
     matrix.add_argument("--heatmap_metric", type=_metric_name, default="hit@1",
                         help="One of the matrix metrics (hit@1, hit@5, hit@10, mrr@10, ndcg@10).")
 
@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     mbeir.add_argument("--split", default="test")
     mbeir.add_argument("--tasks", nargs="*", default=None, help="e.g. mscoco_task0 cirr_task7 (default: all).")
     mbeir.add_argument("--pools", nargs="+", default=["local", "global"], choices=["local", "global"])
-    mbeir.add_argument("--instruction_index", type=_non_negative_int, default=None,
+    mbeir.add_argument("--instruction_index", type=non_negative_int, default=None,
                        help="Prepend prompt number N (0-based) of instructions/query_instructions.tsv (default none).")
     mbeir.add_argument("--global_pool_file", default=None)
     mbeir.add_argument("--image_root", default=None, help="mbeir/mmeb: what image paths are relative to.")
@@ -98,32 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     covr = parser.add_argument_group("covr")
     covr.add_argument("--frames_dir", default=None, help="Folder of per-video frame folders (default frames/ beside "
                                                          "the CSV).")
-    covr.add_argument("--max_frames", type=_positive_int, default=None)
+    covr.add_argument("--max_frames", type=positive_int, default=None)
     parser.add_argument("--ties", choices=["pessimistic", "optimistic", "official"], default="official",
                         help="How a candidate scoring the same as a relevant one is ranked: 'official' = each suite's "
                              "own convention (MMEB: its argmax over the listed candidates, the positive first; every "
                              "other suite: pessimistic, the tied candidate ranks ahead); or force one for all.")
     return parser
-
-
-def _positive_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {number}")
-    return number
-
-
-def _non_negative_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value!r}") from None
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {number}")
-    return number
 
 
 def _metric_name(value: str) -> str:
